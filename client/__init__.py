@@ -1,0 +1,55 @@
+"""The mysql-broker client: query MySQL through the host's broker, fork-safely.
+
+Application processes import this package and hold only ZeroMQ sockets, never a
+database socket. See README.md for the API; `client.protocol` for the wire format.
+"""
+
+from client.api import Client, default_client, executemany, query, session, stream, transaction
+from client.errors import (
+    BrokerUnavailable,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    OutcomeUnknown,
+    PoolTimeout,
+    ProgrammingError,
+    QueryTimeout,
+    Warning,
+)
+from client.pinned import Session, Stream, Transaction
+from client.protocol import DEFAULT_ENDPOINT
+from client.result import Result
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "BrokerUnavailable",
+    "Client",
+    "DataError",
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "NotSupportedError",
+    "OperationalError",
+    "OutcomeUnknown",
+    "PoolTimeout",
+    "ProgrammingError",
+    "QueryTimeout",
+    "Result",
+    "Session",
+    "Stream",
+    "Transaction",
+    "Warning",
+    "default_client",
+    "executemany",
+    "query",
+    "session",
+    "stream",
+    "transaction",
+]
