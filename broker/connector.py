@@ -1,0 +1,104 @@
+"""Blocking MySQL work kept off the I/O thread: opening connections, KILL QUERY.
+
+Opening a connection (TCP, handshake, auth, init_sql) takes milliseconds when
+the server is up and up to ``connect_timeout`` when it is not; the I/O loop
+must never wait for either. A few threads do it and hand each outcome back
+through `Connector.results` and a byte on the loop's wake-up pipe.
+
+Connections are opened in the broker process, by the threads of the process
+that then uses them; nothing is inherited across fork.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+from pymysql.constants import CLIENT
+
+log = logging.getLogger(__name__)
+
+THREADS = 4  # concurrent connects: a cold start of several pools, plus a kill
+KILL_CONNECT_TIMEOUT = 5.0
+
+
+@dataclass
+class Outcome:
+    """What a piece of blocking work came to, read by the I/O loop."""
+
+    kind: str  # "open" or "kill"
+    pool: str
+    conn: pymysql.connections.Connection | None = None
+    error: Exception | None = None
+    tag: Any = None  # the kill's worker, to release it when both are done
+
+
+def setup_statements(init_sql: tuple[str, ...]) -> list[str]:
+    """Return the statements every new or reset connection runs, in order.
+
+    autocommit is explicit because a reset restores the server's global
+    default, which an operator may have set to 0.
+    """
+    return ["SET autocommit=1", *init_sql]
+
+
+class Connector:
+    """A small thread pool for blocking MySQL calls, reporting to the I/O loop."""
+
+    def __init__(self, wake_fd: int) -> None:
+        self._wake_fd = wake_fd
+        self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="connector")
+        self.results: collections.deque[Outcome] = collections.deque()
+
+    def _report(self, outcome: Outcome) -> None:
+        self.results.append(outcome)
+        try:
+            os.write(self._wake_fd, b"\x00")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is already due to wake
+
+    def open(self, pool: str, connect_args: dict, init_sql: tuple[str, ...]) -> None:
+        """Open a connection for pool in the background."""
+        self._executor.submit(self._open, pool, connect_args, init_sql)
+
+    def _open(self, pool: str, connect_args: dict, init_sql: tuple[str, ...]) -> None:
+        try:
+            conn = pymysql.connect(
+                **connect_args,
+                autocommit=True,
+                client_flag=CLIENT.MULTI_RESULTS,
+            )
+            with conn.cursor() as cur:
+                for sql in setup_statements(init_sql):
+                    cur.execute(sql)
+        except Exception as err:  # any failure is reported to the loop, not raised
+            self._report(Outcome("open", pool, error=err))
+            return
+        self._report(Outcome("open", pool, conn=conn))
+
+    def kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
+        """Run KILL QUERY for thread_id from a short-lived extra connection."""
+        self._executor.submit(self._kill, pool, connect_args, thread_id, tag)
+
+    def _kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
+        args = dict(connect_args, connect_timeout=KILL_CONNECT_TIMEOUT)
+        try:
+            conn = pymysql.connect(**args, autocommit=True)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"KILL QUERY {int(thread_id)}")
+            finally:
+                conn.close()
+        except Exception as err:  # reported; the loop closes the worker instead
+            self._report(Outcome("kill", pool, error=err, tag=tag))
+            return
+        self._report(Outcome("kill", pool, tag=tag))
+
+    def shutdown(self) -> None:
+        """Stop taking work; threads finish what they run (bounded by timeouts)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,177 @@
+"""One named pool of workers, each owning one MySQL connection.
+
+A worker is idle (in `_idle`), busy with exactly one request, pinned to one
+client's transaction, session or stream, or resetting. `size` counts every
+live worker plus those being opened and never exceeds ``max_size``.
+
+When no worker is idle a request waits in `_queue` (bounded) until one frees,
+its queue_timeout passes (PoolTimeout) or its deadline passes (QueryTimeout,
+never sent). While the server is unreachable and the pool holds no worker,
+requests fail at once with the connect error: nothing piles up.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.config import PoolConfig
+from broker.connector import Connector
+from broker.metrics import PoolMetrics
+from broker.worker import State, Worker
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUE = 10000  # waiting requests per pool; beyond it a request is refused at once
+BACKOFF_FIRST = 0.1  # seconds before retrying a failed connect, doubling ...
+BACKOFF_MAX = 5.0  # ... up to this
+
+
+class Pool:
+    """Workers of one ``[pools.NAME]``: limits, queue, opening and recycling rules."""
+
+    def __init__(self, config: PoolConfig, connector: Connector) -> None:
+        self.name = config.name
+        self.config = config
+        self.metrics = PoolMetrics()
+        self._connector = connector
+        self._idle: list[Worker] = []  # LIFO: hot connections first, cold ones age out
+        self.workers: set[Worker] = set()
+        self.opening = 0
+        self.queue: collections.deque[Any] = collections.deque()
+        self.info: dict[str, Any] | None = None  # charset, status, version: for HELLO
+        self.generation = 0  # bumped when the DSN or password changes
+        self._worker_generation: dict[Worker, int] = {}
+        self.last_error: Exception | None = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.retired = False  # removed from the config: finish and close
+
+    @property
+    def size(self) -> int:
+        """Live workers plus those being opened: what counts against max_size."""
+        return len(self.workers) + self.opening
+
+    @property
+    def idle_count(self) -> int:
+        """Workers ready to take a request."""
+        return len(self._idle)
+
+    @property
+    def failing(self) -> bool:
+        """Whether the server is unreachable: no worker, and the last connect failed."""
+        return not self.workers and self.last_error is not None
+
+    def check_out(self) -> Worker | None:
+        """Return an idle worker, or None (and start opening one if there is room)."""
+        if self._idle:
+            worker = self._idle.pop()
+            worker.state = State.BUSY
+            return worker
+        self.open_if_needed()
+        return None
+
+    def check_in(self, worker: Worker) -> None:
+        """Take back a worker that is clean and free."""
+        worker.state = State.IDLE
+        worker.pin = None
+        self._idle.append(worker)
+
+    def needs_recycling(self, worker: Worker, now: float) -> bool:
+        """Whether a free worker should be closed instead of reused."""
+        cfg = self.config
+        return (
+            self.retired
+            or now - worker.created > cfg.max_lifetime
+            or (cfg.max_uses and worker.uses >= cfg.max_uses)
+            or self._worker_generation.get(worker) != self.generation
+            or len(self.workers) > cfg.max_size
+        )
+
+    def forget(self, worker: Worker) -> None:
+        """Drop a closed worker and open a replacement if one is wanted."""
+        worker.close()
+        self.workers.discard(worker)
+        self._worker_generation.pop(worker, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        self.open_if_needed()
+
+    def open_if_needed(self, now: float | None = None) -> None:
+        """Start opening connections up to min_size, or for waiting requests."""
+        if self.retired:
+            return
+        now = time.monotonic() if now is None else now
+        if now < self._retry_at:
+            return
+        wanted = max(self.config.min_size, len(self.workers) + min(len(self.queue), self.config.max_size))
+        while self.size < min(wanted, self.config.max_size) and (
+            self.opening == 0 or self.last_error is None
+        ):
+            self.opening += 1
+            self._connector.open(self.name, self.config.connect_args(), self.config.init_sql)
+
+    def opened(self, worker: Worker) -> None:
+        """Adopt a newly opened worker."""
+        self.opening -= 1
+        self.last_error = None
+        self._backoff = 0.0
+        self.workers.add(worker)
+        self._worker_generation[worker] = self.generation
+        self.metrics.opened += 1
+        if self.info is None:
+            self.info = {"server_status": worker.server_status, "server_version": worker.server_version}
+        log.info(
+            "pool %s: connection %d open (%d of max %d)",
+            self.name,
+            worker.thread_id,
+            len(self.workers),
+            self.config.max_size,
+        )
+
+    def open_failed(self, error: Exception) -> None:
+        """Note a failed connect and back off before the next attempt."""
+        self.opening -= 1
+        self.metrics.connect_failures += 1
+        self._backoff = min(BACKOFF_MAX, self._backoff * 2 or BACKOFF_FIRST)
+        self._retry_at = time.monotonic() + self._backoff
+        if self.last_error is None or str(error) != str(self.last_error):
+            log.warning(
+                "pool %s: cannot connect to %s: %s (retrying in %.1f s)",
+                self.name,
+                self.config.safe_dsn(),
+                error,
+                self._backoff,
+            )
+        self.last_error = error
+
+    def idle_to_close(self, now: float) -> list[Worker]:
+        """Return idle workers past idle_timeout above min_size, or due for recycling."""
+        cfg = self.config
+        out = [w for w in self._idle if self.needs_recycling(w, now)]
+        spare = len(self.workers) - len(out) - cfg.min_size
+        for worker in self._idle:  # oldest-used first: the bottom of the stack
+            if spare <= 0:
+                break
+            if worker not in out and now - worker.last_used > cfg.idle_timeout:
+                out.append(worker)
+                spare -= 1
+        return out
+
+    def expire_queue(self, now: float, reply: Callable[[Any, Exception], None]) -> None:
+        """Answer queued requests whose queue_timeout or deadline has passed."""
+        if not self.queue:
+            return
+        limit = self.config.queue_timeout
+        keep: collections.deque[Any] = collections.deque()
+        for req in self.queue:
+            if now >= req.deadline:
+                reply(req, "query")
+            elif now - req.received >= limit:
+                reply(req, "pool")
+            else:
+                keep.append(req)
+        self.queue = keep

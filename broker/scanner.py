@@ -1,0 +1,130 @@
+"""Where a MySQL response ends, found from packet headers without parsing rows.
+
+The broker forwards MySQL's result packets unparsed, so it only needs to know
+when a command's response is complete, whether it failed, the final status
+flags, and, for streams, how many rows have gone by. `Scanner` walks packet
+headers incrementally over a growing buffer; row payloads are never touched
+beyond their first byte.
+
+Response grammar (text protocol, without CLIENT_DEPRECATE_EOF, as pymysql
+connects)::
+
+    response  = OK | ERR | LOCAL_INFILE | resultset
+    resultset = column_count column_def* EOF row* (EOF | ERR)
+
+and a final OK or EOF with SERVER_MORE_RESULTS_EXISTS is followed by another
+response (a CALL returns several).
+"""
+
+from __future__ import annotations
+
+import enum
+
+MAX_PACKET_LEN = 0xFFFFFF  # a payload this long continues in the next packet
+MORE_RESULTS_EXISTS = 0x0008
+IN_TRANS = 0x0001
+
+
+class _State(enum.Enum):
+    FIRST = 1  # expecting OK, ERR, LOCAL INFILE or a column count
+    COLUMNS = 2  # reading column definitions, then one EOF
+    ROWS = 3  # reading rows until EOF or ERR
+    DONE = 4  # the response is complete
+
+
+def _lenenc(buf: bytearray, pos: int) -> tuple[int, int]:
+    """Return (value, position after) of a length-encoded integer."""
+    first = buf[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    if first == 0xFC:
+        return int.from_bytes(buf[pos + 1 : pos + 3], "little"), pos + 3
+    if first == 0xFD:
+        return int.from_bytes(buf[pos + 1 : pos + 4], "little"), pos + 4
+    return int.from_bytes(buf[pos + 1 : pos + 9], "little"), pos + 9
+
+
+class Scanner:
+    """Incremental scan of one command's response in a receive buffer.
+
+    Call `scan` after each read; it returns True once the response is complete.
+    ``end`` is then the offset just past it. In ROWS state a scan stops early
+    once ``rows`` reaches ``row_limit`` so a stream can cut a chunk there.
+    """
+
+    __slots__ = ("_columns", "_continued", "_state", "end", "error", "rows", "status")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Prepare for the response to a new command."""
+        self._state = _State.FIRST
+        self._columns = 0
+        self._continued = False
+        self.end = 0
+        self.rows = 0
+        self.error = False
+        self.status = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether the response is complete."""
+        return self._state is _State.DONE
+
+    @property
+    def in_rows(self) -> bool:
+        """Whether the column definitions are behind and rows are being read."""
+        return self._state is _State.ROWS
+
+    @property
+    def infile_request(self) -> bool:
+        """Whether the server asked for a LOCAL INFILE, which the broker refuses."""
+        return self._state is _State.DONE and self.status == -1
+
+    def scan(self, buf: bytearray, row_limit: int = 0) -> bool:
+        """Advance over whole packets in buf from ``end``; return whether done."""
+        pos, size = self.end, len(buf)
+        state = self._state
+        while state is not _State.DONE and pos + 4 <= size:
+            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+            nxt = pos + 4 + length
+            if nxt > size:
+                break
+            if self._continued:
+                self._continued = length == MAX_PACKET_LEN
+                pos = nxt
+                continue
+            self._continued = length == MAX_PACKET_LEN
+            first = buf[pos + 4] if length else 0
+            if state is _State.ROWS:
+                if first == 0xFE and length < 9:
+                    self.status = buf[pos + 7] | buf[pos + 8] << 8
+                    state = _State.FIRST if self.status & MORE_RESULTS_EXISTS else _State.DONE
+                elif first == 0xFF:
+                    self.error, state = True, _State.DONE
+                else:
+                    self.rows += 1
+                    if row_limit and self.rows >= row_limit:
+                        pos = nxt
+                        break
+            elif state is _State.COLUMNS:
+                if self._columns:
+                    self._columns -= 1
+                elif first == 0xFE:
+                    state = _State.ROWS
+            elif first == 0x00:
+                _, p = _lenenc(buf, pos + 5)
+                _, p = _lenenc(buf, p)
+                self.status = buf[p] | buf[p + 1] << 8
+                state = _State.FIRST if self.status & MORE_RESULTS_EXISTS else _State.DONE
+            elif first == 0xFF:
+                self.error, state = True, _State.DONE
+            elif first == 0xFB:
+                self.status, state = -1, _State.DONE
+            else:
+                self._columns, _ = _lenenc(buf, pos + 4)
+                state = _State.COLUMNS
+            pos = nxt
+        self.end, self._state = pos, state
+        return state is _State.DONE

@@ -1,0 +1,1102 @@
+"""The I/O thread: owns the ROUTER socket, routes to workers, queues, deadlines, pins.
+
+One thread multiplexes the ROUTER socket, every MySQL socket and a wake-up
+pipe (signals, connector results) in one `zmq.Poller`. Measured on 2 cores, this
+beat an I/O thread handing requests to pymysql worker threads by about 2x: the
+GIL and per-query thread hand-offs, not MySQL, were the ceiling.
+
+The loop decodes only the request envelope, never rows: SQL arrives rendered,
+results leave as MySQL's own packets. Invariants:
+
+- a worker runs one command at a time and is held by exactly one of: its
+  pool's idle list, the request it runs, a `Pin`, or its reset;
+- a request is answered exactly once; a reply for a peer that vanished is
+  dropped and counted;
+- a statement is never re-sent after it may have reached MySQL;
+- nothing here blocks: connects and KILL QUERY run in `Connector` threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from broker import __version__, statement
+from broker.config import Config, ConfigError, needs_restart
+from broker.connector import Connector, Outcome, setup_statements
+from broker.metrics import BrokerMetrics
+from broker.pool import MAX_QUEUE, Pool
+from broker.scanner import IN_TRANS
+from broker.systemd import Notifier
+from broker.worker import (
+    COM_PING,
+    COM_QUERY,
+    COM_RESET_CONNECTION,
+    State,
+    Worker,
+    error_from_packets,
+)
+from client import errors
+from client.pinned import ISOLATION_LEVELS
+from client.protocol import (
+    INFO_CHARSET,
+    INFO_MAX_MESSAGE_BYTES,
+    INFO_SERVER_STATUS,
+    INFO_SERVER_VERSION,
+    Op,
+    ProtocolError,
+    Status,
+    decode_request,
+    encode_reply,
+    peek_req_id,
+)
+
+log = logging.getLogger(__name__)
+
+TICK = 0.02  # seconds between deadline checks: the precision of timeouts
+JANITOR_EVERY = 0.5  # seconds between upkeep passes (recycling, idle pins)
+PING_AFTER_IDLE = 5.0  # health-check a connection idle longer than this before use
+KILL_GRACE = 5.0  # a cancelled statement still running after this: drop the connection
+ROUTER_BATCH = 256  # requests taken per wake-up before MySQL sockets get a turn
+HARD_LIMIT_FACTOR = 4  # libzmq drops (unanswered) frames over this x max_message_bytes
+ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
+
+
+class Request:
+    """One client request, from its arrival to its one reply."""
+
+    __slots__ = (
+        "body",
+        "deadline",
+        "index",
+        "op",
+        "peer",
+        "pin",
+        "pool",
+        "received",
+        "replies",
+        "req_id",
+        "steps",
+        "timeout",
+    )
+
+    def __init__(
+        self, peer: bytes, req_id: int, op: int, pool: Pool | None, pin: int, body: Any
+    ) -> None:
+        self.peer = peer
+        self.req_id = req_id
+        self.op = op
+        self.pool = pool
+        self.pin = pin
+        self.body = body
+        self.received = time.monotonic()
+        self.deadline = 0.0
+        self.timeout = 0.0
+        self.index = 0
+        self.replies: list[bytes] = []
+        self.steps: list[bytes] = []
+
+
+class Pin:
+    """A worker held for one client's transaction, session or stream."""
+
+    __slots__ = ("done", "id", "kind", "last_active", "opened", "pending", "pool", "request", "who", "worker")
+
+    def __init__(self, pin_id: int, kind: str, worker: Worker, who: Any) -> None:
+        self.id = pin_id
+        self.kind = kind  # "transaction", "session" or "stream"
+        self.worker = worker
+        self.pool: Pool = worker.pool
+        self.who = who if isinstance(who, dict) else {}
+        self.opened = self.last_active = time.monotonic()
+        self.request: Request | None = None  # a stream's chunk request in flight
+        self.pending: Request | None = None  # arrived while a cancel was finishing
+        self.done = False  # a stream whose last chunk has gone out
+
+
+def _database_error(err: Exception) -> errors.Error:
+    """Return a client error for a failed connect (a pymysql error, usually)."""
+    code = err.args[0] if err.args and isinstance(err.args[0], int) else 2003
+    msg = err.args[1] if len(err.args) > 1 else str(err)
+    return errors.OperationalError(code, f"cannot reach MySQL: {msg}")
+
+
+class Server:
+    """The broker's event loop and everything it routes."""
+
+    def __init__(
+        self,
+        config: Config,
+        reload: Callable[[], Config] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self._reload_config = reload
+        self.notifier = notifier or Notifier()
+        self.metrics = BrokerMetrics()
+        self._ctx = zmq.Context(io_threads=1)
+        self.router = self._ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(
+            zmq.MAXMSGSIZE, config.broker.max_message_bytes * HARD_LIMIT_FACTOR
+        )
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.connector = Connector(self._wake_w)
+        self.pools: dict[str, Pool] = {
+            name: Pool(cfg, self.connector) for name, cfg in config.pools.items()
+        }
+        self._workers: dict[int, Worker] = {}
+        self.pins: dict[int, Pin] = {}
+        self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._ipc_paths: list[str] = []
+        self._stop = False
+        self.draining = False
+        self._drain_deadline = 0.0
+        self._ready = False
+        self._exit_code = 0
+        self._next_tick = 0.0
+        self._next_janitor = 0.0
+        self._handlers: dict[int, Callable[[Request], None]] = {
+            Op.PING: self._op_ping,
+            Op.HELLO: self._op_hello,
+            Op.STATS: self._op_stats,
+            Op.QUERY: self._op_acquire,
+            Op.EXECUTEMANY: self._op_acquire,
+            Op.BEGIN: self._op_acquire,
+            Op.SESSION_OPEN: self._op_acquire,
+            Op.STREAM_OPEN: self._op_acquire,
+        }
+
+    # Setup and teardown ---------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind every endpoint; ipc socket files get socket_mode before anyone connects."""
+        mode = self.config.broker.socket_mode
+        for endpoint in self.config.broker.endpoint:
+            if endpoint.startswith("ipc://"):
+                path = endpoint[len("ipc://") :]
+                self._prepare_ipc_path(path)
+                old_umask = os.umask(0o777 & ~mode)
+                try:
+                    self.router.bind(endpoint)
+                finally:
+                    os.umask(old_umask)
+                os.chmod(path, mode)
+                self._ipc_paths.append(path)
+            else:
+                self.router.bind(endpoint)
+            log.info("listening on %s", endpoint)
+
+    @staticmethod
+    def _prepare_ipc_path(path: str) -> None:
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale file of a broker that died
+            else:
+                raise OSError(f"another broker is already listening on {path}")
+            finally:
+                probe.close()
+
+    def start_pools(self) -> None:
+        """Open every pool's min_size connections in the background."""
+        for pool in self.pools.values():
+            pool.open_if_needed()
+
+    def close(self) -> None:
+        """Close every connection and socket, and remove ipc socket files."""
+        for worker in list(self._workers.values()):
+            worker.close()
+        self._workers.clear()
+        self.connector.shutdown()
+        self.router.close(linger=0)
+        self._ctx.term()
+        for path in self._ipc_paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # already gone: nothing to clean
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.notifier.close()
+
+    # The loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT and the drain that follows; return the exit code."""
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            self._loop()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._exit_code
+
+    @staticmethod
+    def _on_signal(signum: int, frame: object) -> None:
+        # Signal handler: do nothing here. The wake-up fd carries the signal
+        # number to the loop, which acts on it outside the handler.
+        return
+
+    def _loop(self) -> None:
+        poll = self.poller.poll
+        router = self.router
+        workers = self._workers
+        while not self._stop:
+            for sock, event in poll(TICK * 1000):
+                if sock is router:
+                    self._drain_router()
+                elif sock == self._wake_r:
+                    self._on_wake()
+                else:
+                    worker = workers.get(sock)
+                    if worker is None:
+                        continue
+                    if event & zmq.POLLOUT:
+                        worker.flush()
+                    if event & zmq.POLLIN and worker.state is not State.CLOSED:
+                        worker.on_readable()
+            now = time.monotonic()
+            if now >= self._next_tick:
+                self._tick(now)
+
+    def _drain_router(self) -> None:
+        router = self.router
+        recv = router.recv
+        for _ in range(ROUTER_BATCH):
+            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            peer = recv()
+            frame = recv()
+            if router.getsockopt(zmq.RCVMORE):
+                while router.getsockopt(zmq.RCVMORE):
+                    recv()
+                self._refuse(peer, frame, "a request must be a single frame")
+                continue
+            self._handle(peer, frame)
+
+    # Requests ---------------------------------------------------------------------
+
+    def _handle(self, peer: bytes, frame: bytes) -> None:
+        self.metrics.requests += 1
+        if len(frame) > self.config.broker.max_message_bytes:
+            self._refuse(
+                peer,
+                frame,
+                f"request of {len(frame)} bytes exceeds max_message_bytes "
+                f"({self.config.broker.max_message_bytes})",
+                errors.ER_TOO_LARGE,
+            )
+            return
+        try:
+            req_id, op, pool_name, timeout, pin, body = decode_request(frame)
+        except ProtocolError as err:
+            self._refuse(peer, frame, str(err))
+            return
+        pool = None
+        if pin:
+            pin_obj = self.pins.get(pin)
+            pool = pin_obj.pool if pin_obj is not None else None
+        elif op not in (Op.PING, Op.STATS):
+            pool = self.pools.get(pool_name)
+            if pool is None or pool.retired:
+                self.metrics.bad_requests += 1
+                self._send(
+                    peer,
+                    req_id,
+                    Status.ERROR,
+                    errors.to_wire(
+                        errors.ProgrammingError(
+                            errors.ER_UNKNOWN_POOL,
+                            f"unknown pool {pool_name!r}; the broker has "
+                            f"{', '.join(sorted(self.pools))}",
+                        )
+                    ),
+                )
+                return
+        req = Request(peer, req_id, op, pool, pin, body)
+        limit = pool.config.query_timeout if pool is not None else timeout
+        req.timeout = min(timeout, limit)
+        req.deadline = req.received + req.timeout
+        problem = _check_body(op, pin, body)
+        if problem:
+            self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, problem))
+            self.metrics.bad_requests += 1
+            return
+        if pin:
+            self._op_pinned(req)
+        else:
+            self._handlers[op](req)
+
+    def _refuse(self, peer: bytes, frame: bytes, problem: str, code: int = errors.ER_BAD_REQUEST) -> None:
+        """Answer a request the protocol cannot accept, or drop it if it names no id."""
+        req_id = peek_req_id(frame)
+        if req_id is None:
+            self.metrics.dropped_frames += 1
+            log.debug("dropped a frame of %d bytes: %s", len(frame), problem)
+            return
+        self.metrics.bad_requests += 1
+        self._send(peer, req_id, Status.ERROR, errors.to_wire(errors.InterfaceError(code, problem)))
+
+    def _send(self, peer: bytes, req_id: int, status: int, body: Any) -> None:
+        try:
+            self.router.send(peer, zmq.SNDMORE | zmq.NOBLOCK)
+            self.router.send(encode_reply(req_id, status, body), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # ROUTER_MANDATORY: the peer is gone or not reading. Count it.
+            self.metrics.dropped_frames += 1
+
+    def _reply(self, req: Request, status: int, body: Any) -> None:
+        self._send(req.peer, req.req_id, status, body)
+        if req.pool is not None:
+            req.pool.metrics.latencies.append(time.monotonic() - req.received)
+            req.pool.metrics.served += 1
+
+    def _fail(self, req: Request, err: errors.Error) -> None:
+        self._send(req.peer, req.req_id, Status.ERROR, errors.to_wire(err))
+        if req.pool is not None:
+            req.pool.metrics.failed += 1
+
+    def _op_ping(self, req: Request) -> None:
+        self._send(req.peer, req.req_id, Status.VALUE, __version__)
+
+    def _op_stats(self, req: Request) -> None:
+        self._send(req.peer, req.req_id, Status.VALUE, self.stats())
+
+    def _op_hello(self, req: Request) -> None:
+        pool = req.pool
+        assert pool is not None  # noqa: S101  _handle resolved it
+        if pool.info is None:
+            self._op_acquire(req)  # learn the server's status from a connection
+            return
+        self._send(req.peer, req.req_id, Status.VALUE, self._pool_info(pool))
+
+    def _pool_info(self, pool: Pool) -> dict[str, Any]:
+        info = pool.info or {}
+        return {
+            INFO_CHARSET: pool.config.charset,
+            INFO_SERVER_STATUS: info.get("server_status", 0),
+            INFO_SERVER_VERSION: info.get("server_version", ""),
+            INFO_MAX_MESSAGE_BYTES: self.config.broker.max_message_bytes,
+        }
+
+    def _op_acquire(self, req: Request) -> None:
+        """Give the request a free worker, or queue it."""
+        pool = req.pool
+        assert pool is not None  # noqa: S101
+        if self.draining:
+            self.metrics.refused_draining += 1
+            self._fail(
+                req,
+                errors.BrokerUnavailable(
+                    errors.ER_BROKER_UNAVAILABLE, "broker is shutting down; retry on its successor"
+                ),
+            )
+            return
+        if pool.failing:
+            self._fail(req, _database_error(pool.last_error))  # type: ignore[arg-type]
+            pool.open_if_needed()
+            return
+        worker = pool.check_out()
+        if worker is not None:
+            self._start(worker, req)
+        elif len(pool.queue) >= MAX_QUEUE:
+            pool.metrics.pool_timeouts += 1
+            self._fail(
+                req,
+                errors.PoolTimeout(
+                    errors.ER_POOL_TIMEOUT, f"pool {pool.name}: {MAX_QUEUE} requests already wait"
+                ),
+            )
+        else:
+            pool.queue.append(req)
+
+    def _start(self, worker: Worker, req: Request) -> None:
+        """Run req on a checked-out worker, health-checking it first if it sat idle."""
+        now = time.monotonic()
+        if now >= req.deadline:
+            self._timeout_unsent(req)
+            self._release(worker)
+            return
+        worker.request = req
+        if now - worker.last_used > PING_AFTER_IDLE:
+            worker.pool.metrics.pings += 1
+            worker.send(COM_PING, self._pinged, req.deadline)
+            return
+        self._begin_work(worker, req)
+
+    def _pinged(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        req = worker.request
+        worker.request = None
+        pool = worker.pool
+        if err is not None or worker.scanner.error:
+            # The statement was never sent, so the request may wait for another.
+            log.warning("pool %s: connection %d failed its health check; replacing it", pool.name, worker.thread_id)
+            pool.metrics.lost += 1
+            self._forget(worker)
+            if req is not None:
+                pool.queue.appendleft(req)
+                self._dispatch(pool)
+            return
+        if req is None:  # cancelled while pinging
+            self._after_command(worker)
+            return
+        self._begin_work(worker, req)
+
+    def _begin_work(self, worker: Worker, req: Request) -> None:
+        op = req.op
+        worker.request = req
+        if op == Op.QUERY:
+            if not statement.leaves_session_clean(req.body):
+                worker.dirty = True
+            worker.send(COM_QUERY + req.body, self._query_done, req.deadline)
+        elif op == Op.EXECUTEMANY:
+            if not all(map(statement.leaves_session_clean, req.body)):
+                worker.dirty = True
+            worker.send(COM_QUERY + req.body[0], self._batch_done, req.deadline)
+        elif op == Op.HELLO:
+            worker.request = None
+            self._send(req.peer, req.req_id, Status.VALUE, self._pool_info(worker.pool))
+            self._release(worker)
+        elif op == Op.BEGIN:
+            req.steps = _begin_statements(req.body)
+            worker.send(COM_QUERY + req.steps[0], self._begin_done, req.deadline)
+        elif op == Op.SESSION_OPEN:
+            worker.request = None
+            pin = self._pin(worker, "session", req.body.get("who"))
+            self._send(req.peer, req.req_id, Status.VALUE, pin.id)
+        elif op == Op.STREAM_OPEN:
+            sql, chunk_rows, who = req.body
+            pin = self._pin(worker, "stream", who)
+            worker.state = State.BUSY
+            worker.request = None
+            pin.request = req
+            worker.send(COM_QUERY + sql, self._stream_chunk, req.deadline, chunk_rows)
+        elif op in (Op.COMMIT, Op.ROLLBACK):
+            worker.send(COM_QUERY + (b"COMMIT" if op == Op.COMMIT else b"ROLLBACK"), self._end_done, req.deadline)
+
+    # Command completions --------------------------------------------------------
+
+    def _query_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        req = worker.request
+        worker.request = None
+        if err is not None:
+            self._lost(worker, req, err)
+            return
+        if req is not None:
+            if worker.scanner.error:
+                worker.pool.metrics.sql_errors += 1
+            self._reply(req, Status.PACKETS, data)
+        if worker.pin is None and worker.scanner.status & IN_TRANS:
+            worker.dirty = True  # an unpinned BEGIN: roll it back before reuse
+        self._after_command(worker)
+
+    def _batch_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        req = worker.request
+        if err is not None:
+            worker.request = None
+            self._lost(worker, req, err)
+            return
+        if req is None:
+            self._after_command(worker)
+            return
+        req.replies.append(data)  # type: ignore[arg-type]
+        req.index += 1
+        if worker.scanner.error or req.index == len(req.body):
+            worker.request = None
+            if worker.scanner.error:
+                worker.pool.metrics.sql_errors += 1
+            self._reply(req, Status.BATCH, req.replies)
+            self._after_command(worker)
+            return
+        worker.send(COM_QUERY + req.body[req.index], self._batch_done, req.deadline)
+
+    def _begin_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        req = worker.request
+        if err is not None:
+            worker.request = None
+            self._lost(worker, req, err)
+            return
+        if req is None:
+            worker.dirty = True
+            self._after_command(worker)
+            return
+        if worker.scanner.error:
+            worker.request = None
+            worker.dirty = True
+            self._fail(req, error_from_packets(data))  # type: ignore[arg-type]
+            self._release(worker)
+            return
+        req.index += 1
+        if req.index < len(req.steps):
+            worker.send(COM_QUERY + req.steps[req.index], self._begin_done, req.deadline)
+            return
+        worker.request = None
+        pin = self._pin(worker, "transaction", req.body.get("who"))
+        self._send(req.peer, req.req_id, Status.VALUE, pin.id)
+
+    def _end_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        req = worker.request
+        worker.request = None
+        pin = worker.pin
+        if err is not None:
+            self._lost(worker, req, err)
+            return
+        if req is not None:
+            self._reply(req, Status.PACKETS, data)
+        if worker.scanner.status & IN_TRANS or worker.scanner.error:
+            worker.dirty = True
+        if pin is not None:
+            self._unpin(pin, "ended by commit or rollback")
+
+    def _stream_chunk(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        pin = worker.pin
+        if err is not None:
+            req = pin.request if pin else None
+            if pin:
+                pin.request = None
+            self._lost(worker, req, err)
+            return
+        done = worker.scanner.done
+        req = pin.request
+        pin.request = None
+        pin.last_active = time.monotonic()
+        if done:
+            pin.done = True
+        if req is not None:
+            if worker.scanner.error:
+                worker.pool.metrics.sql_errors += 1
+            self._reply(req, Status.CHUNK, [pin.id, done, data])
+        if done:
+            self._unpin(pin, "stream finished")
+        else:
+            worker.deadline = 0.0  # paused: the pin's idle timeout applies now
+
+    def _drained(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        """Discard the rest of a closed stream's result."""
+        if err is not None:
+            self._lost(worker, None, err)
+            return
+        worker.dirty = True
+        self._release(worker)
+
+    def _after_command(self, worker: Worker) -> None:
+        """Return a worker whose command ended to its pin, or to the pool."""
+        if worker.cancelling or worker.state is State.CLOSED:
+            return  # the kill's outcome will call back here
+        pin = worker.pin
+        if pin is None:
+            self._release(worker)
+            return
+        worker.state = State.PINNED
+        if pin.pending is not None:
+            req, pin.pending = pin.pending, None
+            self._op_pinned(req)
+
+    def _lost(self, worker: Worker, req: Request | None, err: errors.Error) -> None:
+        """Answer the request a dead connection took with it, and forget the worker."""
+        pool = worker.pool
+        pool.metrics.lost += 1
+        pin = worker.pin
+        if req is not None:
+            if req.op == Op.QUERY and statement.is_read(req.body):
+                self._fail(req, err)
+            elif req.op in (Op.QUERY, Op.EXECUTEMANY, Op.COMMIT):
+                self._fail(
+                    req,
+                    errors.OutcomeUnknown(
+                        errors.ER_OUTCOME_UNKNOWN,
+                        f"{err.msg}; the statement may or may not have been applied",
+                    ),
+                )
+            else:
+                self._fail(req, err)
+        if pin is not None:
+            self._end_pin(pin, "its MySQL connection was lost (MySQL rolled back any transaction)")
+        self._forget(worker)
+
+    def _closed_while_free(self, worker: Worker) -> None:
+        """Forget a worker that died with no command running (idle, pinned, cancelling)."""
+        self._lost(worker, None, errors.OperationalError(errors.CR_SERVER_LOST, "connection lost"))
+
+    # Pins ----------------------------------------------------------------------------
+
+    def _pin(self, worker: Worker, kind: str, who: Any) -> Pin:
+        pin_id = random.getrandbits(63) or 1  # noqa: S311  an id, not a secret
+        pin = Pin(pin_id, kind, worker, who)
+        worker.pin = pin
+        worker.state = State.PINNED
+        self.pins[pin_id] = pin
+        return pin
+
+    def _end_pin(self, pin: Pin, reason: str) -> None:
+        self.pins.pop(pin.id, None)
+        self._ended[pin.id] = reason
+        if len(self._ended) > ENDED_PINS_KEPT:
+            self._ended.popitem(last=False)
+        if pin.pending is not None:
+            self._fail(pin.pending, errors.OperationalError(errors.ER_BAD_PIN, f"this {pin.kind} ended: {reason}"))
+            pin.pending = None
+        pin.worker.pin = None
+
+    def _unpin(self, pin: Pin, reason: str, reset: bool = False) -> None:
+        worker = pin.worker
+        self._end_pin(pin, reason)
+        if reset or pin.kind == "session":
+            worker.dirty = True
+        self._release(worker)
+
+    def _op_pinned(self, req: Request) -> None:
+        pin = self.pins.get(req.pin)
+        if pin is None:
+            why = self._ended.get(req.pin, "unknown pin")
+            self._fail(req, errors.OperationalError(errors.ER_BAD_PIN, f"transaction, session or stream is gone: {why}"))
+            return
+        op, kind, worker = req.op, pin.kind, pin.worker
+        allowed = {
+            "transaction": (Op.QUERY, Op.EXECUTEMANY, Op.COMMIT, Op.ROLLBACK),
+            "session": (Op.QUERY, Op.EXECUTEMANY, Op.SESSION_CLOSE),
+            "stream": (Op.STREAM_NEXT, Op.STREAM_CLOSE),
+        }[kind]
+        if op not in allowed:
+            self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, f"op {Op(op).name} does not apply to a {kind}"))
+            return
+        pin.last_active = time.monotonic()
+        if kind == "stream":
+            self._stream_op(pin, req)
+            return
+        if worker.running or worker.cancelling:
+            if pin.pending is None and worker.cancelling:
+                pin.pending = req
+            else:
+                self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, f"a statement is already running in this {kind}"))
+            return
+        if op == Op.SESSION_CLOSE:
+            self._send(req.peer, req.req_id, Status.VALUE, None)
+            self._unpin(pin, "session closed")
+            return
+        worker.state = State.BUSY
+        self._begin_work(worker, req)
+
+    def _stream_op(self, pin: Pin, req: Request) -> None:
+        worker = pin.worker
+        if req.op == Op.STREAM_CLOSE:
+            self._send(req.peer, req.req_id, Status.VALUE, None)
+            self._close_stream(pin, "stream closed by the client")
+            return
+        if pin.request is not None or not worker.paused:
+            self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, "a chunk of this stream is already on its way"))
+            return
+        pin.request = req
+        worker.deadline = req.deadline
+        worker.resume()
+
+    def _close_stream(self, pin: Pin, reason: str) -> None:
+        """End a stream mid-result: KILL QUERY, and discard what is still coming."""
+        worker = pin.worker
+        if pin.request is not None:
+            self._fail(pin.request, errors.OperationalError(errors.ER_BAD_PIN, f"stream ended: {reason}"))
+            pin.request = None
+        self._end_pin(pin, reason)
+        self._cancel(worker, time.monotonic())
+        worker.drain(self._drained)
+
+    # Releasing, resetting, recycling -----------------------------------------------
+
+    def _release(self, worker: Worker) -> None:
+        """Hand a free worker to the next waiting request, or back to the pool."""
+        if worker.state is State.CLOSED or worker.running or worker.cancelling:
+            return
+        worker.pin = None
+        pool = worker.pool
+        if pool.needs_recycling(worker, time.monotonic()):
+            pool.metrics.recycled += 1
+            log.info("pool %s: recycling connection %d after %d uses", pool.name, worker.thread_id, worker.uses)
+            self._forget(worker)
+            return
+        if worker.dirty:
+            self._reset(worker)
+            return
+        while pool.queue:
+            req = pool.queue.popleft()
+            if time.monotonic() < req.deadline:
+                worker.state = State.BUSY
+                self._start(worker, req)
+                return
+            self._timeout_unsent(req)
+        pool.check_in(worker)
+
+    def _reset(self, worker: Worker) -> None:
+        """Clear session state (COM_RESET_CONNECTION, then the setup statements again)."""
+        worker.state = State.RESETTING
+        worker.dirty = False
+        worker.pool.metrics.resets += 1
+        steps = [COM_RESET_CONNECTION] + [
+            COM_QUERY + sql.encode() for sql in setup_statements(worker.pool.config.init_sql)
+        ]
+        worker.request = None
+        worker.reset_steps = steps
+        worker.send(steps[0], self._reset_step)
+
+    def _reset_step(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+        if err is not None:
+            self._lost(worker, None, err)
+            return
+        steps = worker.reset_steps
+        if worker.scanner.error:
+            # No COM_RESET_CONNECTION (old server) or a failing init_sql: a fresh
+            # connection is the only state we can vouch for.
+            log.warning(
+                "pool %s: reset of connection %d failed (%s); replacing it",
+                worker.pool.name,
+                worker.thread_id,
+                error_from_packets(data),  # type: ignore[arg-type]
+            )
+            self._forget(worker)
+            return
+        steps.pop(0)
+        if steps:
+            worker.send(steps[0], self._reset_step)
+            return
+        self._release(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        pool = worker.pool
+        self._workers.pop(worker.fd, None)
+        pool.forget(worker)
+        self._dispatch(pool)
+
+    def _dispatch(self, pool: Pool) -> None:
+        """Start queued requests on idle workers (opening more if allowed)."""
+        while pool.queue:
+            worker = pool.check_out()
+            if worker is None:
+                return
+            self._release(worker)
+
+    def _timeout_unsent(self, req: Request) -> None:
+        if req.pool is not None:
+            req.pool.metrics.query_timeouts += 1
+        self._fail(
+            req,
+            errors.QueryTimeout(
+                errors.ER_QUERY_TIMEOUT,
+                f"deadline of {req.timeout:.3f} s passed while waiting for a connection; "
+                "the statement was not sent",
+            ),
+        )
+
+    # Deadlines and cancellation ------------------------------------------------------
+
+    def _cancel(self, worker: Worker, now: float) -> None:
+        """Stop the statement a worker runs: answer its caller and KILL QUERY."""
+        if worker.cancelling:
+            return
+        worker.cancelling = True
+        worker.cancel_started = now
+        pin = worker.pin
+        req = worker.request
+        worker.request = None
+        if req is None and pin is not None and pin.kind == "stream":
+            req, pin.request = pin.request, None
+        if req is not None:
+            worker.pool.metrics.query_timeouts += 1
+            self._fail(
+                req,
+                errors.QueryTimeout(
+                    errors.ER_QUERY_TIMEOUT,
+                    f"statement cancelled after {req.timeout:.3f} s (KILL QUERY sent)",
+                ),
+            )
+        self.connector.kill(worker.pool.name, worker.pool.config.connect_args(), worker.thread_id, worker)
+
+    def _killed(self, outcome: Outcome) -> None:
+        worker: Worker = outcome.tag
+        if worker.state is State.CLOSED:
+            return
+        worker.cancelling = False
+        if outcome.error is not None:
+            log.warning("pool %s: KILL QUERY %d failed: %s", worker.pool.name, worker.thread_id, outcome.error)
+            worker.lost("could not cancel its statement")
+            return
+        if not worker.running:
+            worker.dirty = worker.dirty or worker.pin is None
+            self._after_command(worker)
+
+    def _tick(self, now: float) -> None:
+        self._next_tick = now + TICK
+        for worker in list(self._workers.values()):
+            if worker.cancelling:
+                if now - worker.cancel_started > KILL_GRACE:
+                    worker.lost("cancelled statement did not stop")
+            elif worker.deadline and now >= worker.deadline and worker.running:
+                self._cancel(worker, now)
+        for pool in self.pools.values():
+            pool.expire_queue(now, self._expire)
+        if now >= self._next_janitor:
+            self._next_janitor = now + JANITOR_EVERY
+            self._janitor(now)
+        self.notifier.watchdog(now)
+        if self.draining and (now >= self._drain_deadline or self._idle_for_exit()):
+            self._stop = True
+
+    def _expire(self, req: Request, why: str) -> None:
+        if why == "query":
+            self._timeout_unsent(req)
+            return
+        pool = req.pool
+        pool.metrics.pool_timeouts += 1
+        self._fail(
+            req,
+            errors.PoolTimeout(
+                errors.ER_POOL_TIMEOUT,
+                f"pool {pool.name}: no connection free within queue_timeout "
+                f"({pool.config.queue_timeout:g} s; max_size {pool.config.max_size})",
+            ),
+        )
+
+    def _janitor(self, now: float) -> None:
+        """Periodic upkeep: recycle idle connections, free silent pins, refill, readiness."""
+        for pool in self.pools.values():
+            for worker in pool.idle_to_close(now):
+                pool.metrics.recycled += 1
+                self._forget(worker)
+            pool.open_if_needed(now)
+        for pin in list(self.pins.values()):
+            limit = pin.pool.config.transaction_idle_timeout
+            busy = pin.worker.running and not pin.worker.paused
+            if not busy and now - pin.last_active > limit:
+                pin.pool.metrics.abandoned += 1
+                who = pin.who
+                log.warning(
+                    "pool %s: %s of pid %s on %s silent for %.0f s; rolling back and freeing it",
+                    pin.pool.name,
+                    pin.kind,
+                    who.get("pid"),
+                    who.get("host"),
+                    now - pin.last_active,
+                )
+                reason = f"silent for over transaction_idle_timeout ({limit:g} s); rolled back"
+                if pin.kind == "stream" and not pin.done:
+                    self._close_stream(pin, reason)
+                else:
+                    self._unpin(pin, reason, reset=True)
+        if not self._ready and all(
+            len(p.workers) >= p.config.min_size or p.last_error is not None for p in self.pools.values()
+        ):
+            self._ready = True
+            self.notifier.ready(self.status_line())
+            log.info("ready: %s", self.status_line())
+        elif self._ready and self.notifier.enabled:
+            self.notifier.status(self.status_line())
+
+    # Connector outcomes, signals, reload, drain ------------------------------------
+
+    def _on_wake(self) -> None:
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            data = b""
+        for byte in set(data):
+            if byte in (signal.SIGTERM, signal.SIGINT):
+                self._begin_drain(signal.Signals(byte).name)
+            elif byte == signal.SIGHUP:
+                self.reload()
+        results = self.connector.results
+        while results:
+            outcome = results.popleft()
+            if outcome.kind == "kill":
+                self._killed(outcome)
+            else:
+                self._opened(outcome)
+
+    def _opened(self, outcome: Outcome) -> None:
+        pool = self.pools.get(outcome.pool)
+        if pool is None:
+            if outcome.conn is not None:
+                outcome.conn.close()
+            return
+        if outcome.conn is None:
+            pool.open_failed(outcome.error)  # type: ignore[arg-type]
+            if pool.failing:
+                err = _database_error(outcome.error)  # type: ignore[arg-type]
+                while pool.queue:
+                    self._fail(pool.queue.popleft(), err)
+            return
+        worker = Worker(pool.name, outcome.conn, self.poller)
+        worker.pool = pool
+        worker.on_closed = self._closed_while_free
+        self._workers[worker.fd] = worker
+        pool.opened(worker)
+        self._release(worker)
+
+    def _begin_drain(self, why: str) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_deadline = time.monotonic() + self.config.broker.drain_timeout
+        log.info(
+            "%s: draining (%d statements running, %d pins open; at most %g s)",
+            why,
+            sum(w.running for w in self._workers.values()),
+            len(self.pins),
+            self.config.broker.drain_timeout,
+        )
+        self.notifier.stopping("draining")
+
+    def _idle_for_exit(self) -> bool:
+        return not self.pins and not any(
+            w.running or w.state is State.RESETTING for w in self._workers.values()
+        ) and not any(p.queue for p in self.pools.values())
+
+    def reload(self) -> None:
+        """Re-read the config; apply what can change live, keep the old one if invalid."""
+        if self._reload_config is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = self._reload_config()
+        except ConfigError as err:
+            log.error("reload rejected, keeping the running config: %s", err)
+            self.notifier.ready(self.status_line())
+            return
+        for key in needs_restart(self.config, new):
+            log.warning("reload: %s changed but needs a restart; keeping the old value", key)
+        logging.getLogger().setLevel(new.broker.log_level.upper())
+        for name, cfg in new.pools.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                self.pools[name] = Pool(cfg, self.connector)
+                log.info("reload: new pool %s", name)
+                continue
+            if cfg.connect_args() != pool.config.connect_args() or cfg.init_sql != pool.config.init_sql:
+                pool.generation += 1  # replace connections as they come free
+                pool.info = None
+                log.info("reload: pool %s connection settings changed; replacing connections", name)
+            pool.config = cfg
+        for name, pool in self.pools.items():
+            if name not in new.pools:
+                pool.retired = True
+                log.info("reload: pool %s removed; closing its connections as they free", name)
+        self.config = new
+        for pool in self.pools.values():
+            for worker in pool.idle_to_close(time.monotonic()):
+                pool.metrics.recycled += 1
+                self._forget(worker)
+            pool.open_if_needed()
+            self._dispatch(pool)
+        log.info("reload: applied (%s)", self.status_line())
+        self.notifier.ready(self.status_line())
+
+    # Reporting ---------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """Return a one-line summary for systemd's STATUS= and logs."""
+        parts = []
+        for pool in self.pools.values():
+            state = "unreachable" if pool.failing else f"{len(pool.workers)}/{pool.config.max_size} conns"
+            parts.append(f"{pool.name}: {state}, {len(pool.queue)} waiting")
+        return "; ".join(parts) + f"; {len(self.pins)} pinned"
+
+    def stats(self) -> dict[str, Any]:
+        """Return everything `broker status` shows, as plain values."""
+        now = time.monotonic()
+        pools = {}
+        for name, pool in self.pools.items():
+            states = collections.Counter(w.state.name.lower() for w in pool.workers)
+            pools[name] = {
+                "dsn": pool.config.safe_dsn(),
+                "min_size": pool.config.min_size,
+                "max_size": pool.config.max_size,
+                "size": len(pool.workers),
+                "opening": pool.opening,
+                "idle": states["idle"],
+                "busy": states["busy"] + states["resetting"],
+                "pinned": states["pinned"],
+                "waiting": len(pool.queue),
+                "unreachable": pool.failing,
+                "last_error": str(pool.last_error) if pool.last_error else None,
+                **pool.metrics.snapshot(),
+            }
+        pins = [
+            {
+                "id": pin.id,
+                "kind": pin.kind,
+                "pool": pin.pool.name,
+                "age_s": round(now - pin.opened, 1),
+                "idle_s": round(now - pin.last_active, 1),
+                "connection": pin.worker.thread_id,
+                "who": pin.who,
+            }
+            for pin in self.pins.values()
+        ]
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "endpoints": list(self.config.broker.endpoint),
+            "draining": self.draining,
+            **self.metrics.snapshot(),
+            "pools": pools,
+            "pins": pins,
+        }
+
+
+def _begin_statements(body: dict) -> list[bytes]:
+    steps = []
+    if body.get("isolation"):
+        steps.append(b"SET TRANSACTION ISOLATION LEVEL " + body["isolation"].encode())
+    steps.append(b"START TRANSACTION READ ONLY" if body.get("readonly") else b"START TRANSACTION")
+    return steps
+
+
+def _check_body(op: int, pin: int, body: Any) -> str | None:
+    """Return what is wrong with a request's body, or None; the body is untrusted."""
+    if op == Op.QUERY:
+        if type(body) is not bytes or not body:
+            return "query body must be non-empty SQL bytes"
+    elif op == Op.EXECUTEMANY:
+        if type(body) is not list or not body or not all(type(s) is bytes and s for s in body):
+            return "executemany body must be a non-empty list of SQL bytes"
+    elif op == Op.BEGIN:
+        if type(body) is not dict or body.get("isolation") not in (None, *ISOLATION_LEVELS):
+            return "begin body must be a map with isolation one of " + ", ".join(sorted(ISOLATION_LEVELS))
+    elif op == Op.SESSION_OPEN:
+        if type(body) is not dict:
+            return "session body must be a map"
+    elif op == Op.STREAM_OPEN:
+        if not (
+            type(body) is list
+            and len(body) == 3
+            and type(body[0]) is bytes
+            and body[0]
+            and type(body[1]) is int
+            and 1 <= body[1] <= 1_000_000
+        ):
+            return "stream body must be [SQL bytes, chunk_rows 1..1000000, who]"
+    if pin and op in (Op.HELLO, Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN):
+        return f"op {Op(op).name} cannot carry a pin"
+    if not pin and op in (Op.COMMIT, Op.ROLLBACK, Op.SESSION_CLOSE, Op.STREAM_NEXT, Op.STREAM_CLOSE):
+        return f"op {Op(op).name} needs a pin"
+    return None

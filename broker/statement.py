@@ -1,0 +1,38 @@
+"""What a statement may do, judged from its first bytes: read, write, session state.
+
+Two decisions hang on it. A statement lost with its connection is reported as
+`OperationalError` when it only reads, and as `OutcomeUnknown` when it may have
+written. And a connection goes back to the pool unreset only after statements
+that cannot leave session state behind; anything else (SET, user variables,
+temporary tables, locks, USE, PREPARE, ...) earns a reset first. Unknown or
+oddly written statements count as writes that dirty the session: the safe side.
+"""
+
+from __future__ import annotations
+
+READS = frozenset({b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"})
+# Statements that leave nothing in the session unless they mention a variable
+# or a lock: plain reads and plain DML.
+CLEAN = READS | frozenset({b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"DO"})
+_STATEFUL_MARKS = (b"@", b"GET_LOCK", b"get_lock", b"Get_lock", b"LAST_INSERT_ID(", b"last_insert_id(")
+
+
+def first_word(sql: bytes) -> bytes:
+    """Return the statement's first keyword in upper case (b"" when it has none)."""
+    head = sql[:32].lstrip(b" \t\r\n(")
+    end = 0
+    while end < len(head) and (65 <= head[end] <= 90 or 97 <= head[end] <= 122):
+        end += 1
+    return head[:end].upper()
+
+
+def is_read(sql: bytes) -> bool:
+    """Return whether the statement only reads (safe to report as a plain failure)."""
+    return first_word(sql) in READS
+
+
+def leaves_session_clean(sql: bytes) -> bool:
+    """Return whether the connection can serve another caller without a reset."""
+    if first_word(sql) not in CLEAN:
+        return False
+    return not any(mark in sql for mark in _STATEFUL_MARKS)
