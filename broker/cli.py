@@ -32,12 +32,16 @@ def _setup_logging(level: str) -> None:
 
 
 def _default_sandbox_dir() -> str:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        Path.home(), ".local", "state"
+    )
     return os.path.join(state, "mysql-broker", "sandbox")
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load(args.config, dsn=args.dsn, endpoint=args.endpoint, log_level=args.log_level)
+    return load(
+        args.config, dsn=args.dsn, endpoint=args.endpoint, log_level=args.log_level
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -55,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sandbox_dsn = None
     if config.sandbox:
         sandbox = Sandbox(args.sandbox_dir)
-        log.info("no dsn configured: starting a sandbox MariaDB in %s", args.sandbox_dir)
+        log.info(
+            "no dsn configured: starting a sandbox MariaDB in %s", args.sandbox_dir
+        )
         try:
             sandbox.start()
         except SandboxError as err:
@@ -76,7 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"broker: cannot listen: {err}", file=sys.stderr)
             if isinstance(err, PermissionError):
                 print(
-                    "broker: run it as root or under systemd (RuntimeDirectory=broker), "
+                    "broker: run it as root or under systemd "
+                    "(RuntimeDirectory=broker), "
                     "or pass --endpoint ipc://$XDG_RUNTIME_DIR/broker.sock",
                     file=sys.stderr,
                 )
@@ -86,7 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             return server.run()
         except Exception:
-            log.exception("bug: an exception escaped the I/O loop; exiting for a restart")
+            log.exception(
+                "bug: an exception escaped the I/O loop; exiting for a restart"
+            )
             return EXIT_BUG
     finally:
         server.close()
@@ -98,13 +107,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _print_banner(config: Config, sandbox: object | None) -> None:
     endpoint = config.broker.endpoint[0]
     for pool in config.pools.values():
-        log.info("pool %s -> %s (max_size %d)", pool.name, pool.safe_dsn(), pool.max_size)
+        log.info(
+            "pool %s -> %s (max_size %d)", pool.name, pool.safe_dsn(), pool.max_size
+        )
     if sandbox is not None:
-        log.info("sandbox MariaDB: %s (stop the broker to stop it)", config.pools["default"].safe_dsn())
+        log.info(
+            "sandbox MariaDB: %s (stop the broker to stop it)",
+            config.pools["default"].safe_dsn(),
+        )
     hint = f"BROKER_ENDPOINT={endpoint} " if endpoint != _default_endpoint() else ""
     log.info(
         "try from another shell: %spython -c 'import client; "
-        "print(client.query(\"SELECT VERSION()\").scalar())'",
+        'print(client.query("SELECT VERSION()").scalar())\'',
         hint,
     )
 
@@ -138,17 +152,20 @@ def format_status(stats: dict) -> str:
     up = stats["uptime_s"]
     lines = [
         f"broker {stats['version']}  pid {stats['pid']}  up {_duration(up)}  "
-        f"{'DRAINING  ' if stats['draining'] else ''}on {', '.join(stats['endpoints'])}",
+        f"{'DRAINING  ' if stats['draining'] else ''}"
+        f"on {', '.join(stats['endpoints'])}",
         f"requests {stats['requests']}  bad {stats['bad_requests']}  "
         f"dropped {stats['dropped_frames']}",
         "",
         f"{'POOL':<12} {'CONNS':>7} {'IDLE':>5} {'BUSY':>5} {'PINNED':>6} {'WAIT':>5} "
-        f"{'SERVED':>9} {'FAILED':>7} {'TIMEOUTS':>8} {'LOST':>5} {'p50 ms':>8} {'p99 ms':>8}",
+        f"{'SERVED':>9} {'FAILED':>7} {'TIMEOUTS':>8} {'LOST':>5} "
+        f"{'p50 ms':>8} {'p99 ms':>8}",
     ]
     for name, p in stats["pools"].items():
         timeouts = p["query_timeouts"] + p["pool_timeouts"]
         lines.append(
-            f"{name:<12} {p['size']:>3}/{p['max_size']:<3} {p['idle']:>5} {p['busy']:>5} "
+            f"{name:<12} {p['size']:>3}/{p['max_size']:<3} "
+            f"{p['idle']:>5} {p['busy']:>5} "
             f"{p['pinned']:>6} {p['waiting']:>5} {p['served']:>9} {p['failed']:>7} "
             f"{timeouts:>8} {p['lost']:>5} {p['latency_ms']['p50']:>8.2f} "
             f"{p['latency_ms']['p99']:>8.2f}"
@@ -156,10 +173,14 @@ def format_status(stats: dict) -> str:
         if p["unreachable"]:
             lines.append(f"{'':<12} MySQL unreachable: {p['last_error']}")
     if stats["pins"]:
-        lines += ["", f"{'HELD BY':<34} {'KIND':<12} {'POOL':<10} {'AGE':>8} {'IDLE':>8}"]
+        lines += [
+            "",
+            f"{'HELD BY':<34} {'KIND':<12} {'POOL':<10} {'AGE':>8} {'IDLE':>8}",
+        ]
         for pin in stats["pins"]:
             who = pin["who"]
-            holder = f"pid {who.get('pid')} {who.get('program') or ''}@{who.get('host') or '?'}"
+            program = who.get("program") or ""
+            holder = f"pid {who.get('pid')} {program}@{who.get('host') or '?'}"
             if who.get("name"):
                 holder += f" ({who['name']})"
             lines.append(
@@ -197,7 +218,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML config (default $BROKER_CONFIG)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config (default $BROKER_CONFIG)"
+    )
     parser.add_argument(
         "--dsn",
         metavar="URL",
@@ -205,10 +228,14 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         "give the password with password_file or $BROKER_PASSWORD, never here",
     )
     parser.add_argument(
-        "--endpoint", metavar="EP", help="ipc:// or tcp:// address to serve (default $BROKER_ENDPOINT)"
+        "--endpoint",
+        metavar="EP",
+        help="ipc:// or tcp:// address to serve (default $BROKER_ENDPOINT)",
     )
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default info",
     )
 
 
@@ -228,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the broker in the foreground",
         description="Run the broker in the foreground, logging to stderr. With no DSN "
         "anywhere it starts a sandbox MariaDB of its own. Speaks sd_notify under "
-        "systemd; SIGHUP reloads the config; SIGTERM drains in-flight work and exits 0.",
+        "systemd; SIGHUP reloads the config; SIGTERM drains in-flight work and "
+        "exits 0.",
     )
     _config_flags(serve)
     serve.add_argument(
@@ -244,15 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="show pools, connections, queues, counters and who holds what",
         description="Ask the running broker for its statistics.",
     )
-    status.add_argument("--endpoint", metavar="EP", help="default $BROKER_ENDPOINT or the built-in default")
-    status.add_argument("--json", action="store_true", help="print the raw statistics as JSON")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    status.add_argument(
+        "--endpoint",
+        metavar="EP",
+        help="default $BROKER_ENDPOINT or the built-in default",
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print the raw statistics as JSON"
+    )
+    status.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait (default 5)"
+    )
     status.set_defaults(func=cmd_status)
 
     check = sub.add_parser(
         "check-config",
         help="validate a configuration and explain it",
-        description="Load the configuration as `broker serve` would and print a summary, "
+        description="Load the configuration as `broker serve` would and print a "
+        "summary, "
         "or the exact key and value at fault.",
     )
     _config_flags(check)

@@ -37,7 +37,9 @@ class PoolMetrics:
         self.resets = 0
         self.pings = 0  # health checks before handing out an idle connection
         self.abandoned = 0  # pins freed after transaction_idle_timeout
-        self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.latencies: collections.deque[float] = collections.deque(
+            maxlen=LATENCY_WINDOW
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Return the counters and latency percentiles as plain values."""

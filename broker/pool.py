@@ -107,12 +107,17 @@ class Pool:
         now = time.monotonic() if now is None else now
         if now < self._retry_at:
             return
-        wanted = max(self.config.min_size, len(self.workers) + min(len(self.queue), self.config.max_size))
+        wanted = max(
+            self.config.min_size,
+            len(self.workers) + min(len(self.queue), self.config.max_size),
+        )
         while self.size < min(wanted, self.config.max_size) and (
             self.opening == 0 or self.last_error is None
         ):
             self.opening += 1
-            self._connector.open(self.name, self.config.connect_args(), self.config.init_sql)
+            self._connector.open(
+                self.name, self.config.connect_args(), self.config.init_sql
+            )
 
     def opened(self, worker: Worker) -> None:
         """Adopt a newly opened worker."""
@@ -123,7 +128,10 @@ class Pool:
         self._worker_generation[worker] = self.generation
         self.metrics.opened += 1
         if self.info is None:
-            self.info = {"server_status": worker.server_status, "server_version": worker.server_version}
+            self.info = {
+                "server_status": worker.server_status,
+                "server_version": worker.server_version,
+            }
         log.info(
             "pool %s: connection %d open (%d of max %d)",
             self.name,
@@ -149,7 +157,7 @@ class Pool:
         self.last_error = error
 
     def idle_to_close(self, now: float) -> list[Worker]:
-        """Return idle workers past idle_timeout above min_size, or due for recycling."""
+        """Return idle workers to close: past idle_timeout above min_size, or due."""
         cfg = self.config
         out = [w for w in self._idle if self.needs_recycling(w, now)]
         spare = len(self.workers) - len(out) - cfg.min_size

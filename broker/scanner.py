@@ -100,7 +100,11 @@ class Scanner:
             if state is _State.ROWS:
                 if first == 0xFE and length < 9:
                     self.status = buf[pos + 7] | buf[pos + 8] << 8
-                    state = _State.FIRST if self.status & MORE_RESULTS_EXISTS else _State.DONE
+                    state = (
+                        _State.FIRST
+                        if self.status & MORE_RESULTS_EXISTS
+                        else _State.DONE
+                    )
                 elif first == 0xFF:
                     self.error, state = True, _State.DONE
                 else:
@@ -117,7 +121,9 @@ class Scanner:
                 _, p = _lenenc(buf, pos + 5)
                 _, p = _lenenc(buf, p)
                 self.status = buf[p] | buf[p + 1] << 8
-                state = _State.FIRST if self.status & MORE_RESULTS_EXISTS else _State.DONE
+                state = (
+                    _State.FIRST if self.status & MORE_RESULTS_EXISTS else _State.DONE
+                )
             elif first == 0xFF:
                 self.error, state = True, _State.DONE
             elif first == 0xFB:

@@ -109,7 +109,18 @@ class Request:
 class Pin:
     """A worker held for one client's transaction, session or stream."""
 
-    __slots__ = ("done", "id", "kind", "last_active", "opened", "pending", "pool", "request", "who", "worker")
+    __slots__ = (
+        "done",
+        "id",
+        "kind",
+        "last_active",
+        "opened",
+        "pending",
+        "pool",
+        "request",
+        "who",
+        "worker",
+    )
 
     def __init__(self, pin_id: int, kind: str, worker: Worker, who: Any) -> None:
         self.id = pin_id
@@ -185,7 +196,7 @@ class Server:
     # Setup and teardown ---------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind every endpoint; ipc socket files get socket_mode before anyone connects."""
+        """Bind every endpoint; ipc socket files get socket_mode before any connect."""
         mode = self.config.broker.socket_mode
         for endpoint in self.config.broker.endpoint:
             if endpoint.startswith("ipc://"):
@@ -242,7 +253,7 @@ class Server:
     # The loop -------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT and the drain that follows; return the exit code."""
+        """Serve until SIGTERM/SIGINT and the drain after it; return the exit code."""
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -350,7 +361,9 @@ class Server:
         else:
             self._handlers[op](req)
 
-    def _refuse(self, peer: bytes, frame: bytes, problem: str, code: int = errors.ER_BAD_REQUEST) -> None:
+    def _refuse(
+        self, peer: bytes, frame: bytes, problem: str, code: int = errors.ER_BAD_REQUEST
+    ) -> None:
         """Answer a request the protocol cannot accept, or drop it if it names no id."""
         req_id = peek_req_id(frame)
         if req_id is None:
@@ -358,7 +371,12 @@ class Server:
             log.debug("dropped a frame of %d bytes: %s", len(frame), problem)
             return
         self.metrics.bad_requests += 1
-        self._send(peer, req_id, Status.ERROR, errors.to_wire(errors.InterfaceError(code, problem)))
+        self._send(
+            peer,
+            req_id,
+            Status.ERROR,
+            errors.to_wire(errors.InterfaceError(code, problem)),
+        )
 
     def _send(self, peer: bytes, req_id: int, status: int, body: Any) -> None:
         try:
@@ -411,7 +429,8 @@ class Server:
             self._fail(
                 req,
                 errors.BrokerUnavailable(
-                    errors.ER_BROKER_UNAVAILABLE, "broker is shutting down; retry on its successor"
+                    errors.ER_BROKER_UNAVAILABLE,
+                    "broker is shutting down; retry on its successor",
                 ),
             )
             return
@@ -427,7 +446,8 @@ class Server:
             self._fail(
                 req,
                 errors.PoolTimeout(
-                    errors.ER_POOL_TIMEOUT, f"pool {pool.name}: {MAX_QUEUE} requests already wait"
+                    errors.ER_POOL_TIMEOUT,
+                    f"pool {pool.name}: {MAX_QUEUE} requests already wait",
                 ),
             )
         else:
@@ -447,13 +467,19 @@ class Server:
             return
         self._begin_work(worker, req)
 
-    def _pinged(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _pinged(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         req = worker.request
         worker.request = None
         pool = worker.pool
         if err is not None or worker.scanner.error:
             # The statement was never sent, so the request may wait for another.
-            log.warning("pool %s: connection %d failed its health check; replacing it", pool.name, worker.thread_id)
+            log.warning(
+                "pool %s: connection %d failed its health check; replacing it",
+                pool.name,
+                worker.thread_id,
+            )
             pool.metrics.lost += 1
             self._forget(worker)
             if req is not None:
@@ -495,11 +521,17 @@ class Server:
             pin.request = req
             worker.send(COM_QUERY + sql, self._stream_chunk, req.deadline, chunk_rows)
         elif op in (Op.COMMIT, Op.ROLLBACK):
-            worker.send(COM_QUERY + (b"COMMIT" if op == Op.COMMIT else b"ROLLBACK"), self._end_done, req.deadline)
+            worker.send(
+                COM_QUERY + (b"COMMIT" if op == Op.COMMIT else b"ROLLBACK"),
+                self._end_done,
+                req.deadline,
+            )
 
     # Command completions --------------------------------------------------------
 
-    def _query_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _query_done(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         req = worker.request
         worker.request = None
         if err is not None:
@@ -513,7 +545,9 @@ class Server:
             worker.dirty = True  # an unpinned BEGIN: roll it back before reuse
         self._after_command(worker)
 
-    def _batch_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _batch_done(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         req = worker.request
         if err is not None:
             worker.request = None
@@ -533,7 +567,9 @@ class Server:
             return
         worker.send(COM_QUERY + req.body[req.index], self._batch_done, req.deadline)
 
-    def _begin_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _begin_done(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         req = worker.request
         if err is not None:
             worker.request = None
@@ -551,13 +587,17 @@ class Server:
             return
         req.index += 1
         if req.index < len(req.steps):
-            worker.send(COM_QUERY + req.steps[req.index], self._begin_done, req.deadline)
+            worker.send(
+                COM_QUERY + req.steps[req.index], self._begin_done, req.deadline
+            )
             return
         worker.request = None
         pin = self._pin(worker, "transaction", req.body.get("who"))
         self._send(req.peer, req.req_id, Status.VALUE, pin.id)
 
-    def _end_done(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _end_done(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         req = worker.request
         worker.request = None
         pin = worker.pin
@@ -571,7 +611,9 @@ class Server:
         if pin is not None:
             self._unpin(pin, "ended by commit or rollback")
 
-    def _stream_chunk(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _stream_chunk(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         pin = worker.pin
         if err is not None:
             req = pin.request if pin else None
@@ -594,7 +636,9 @@ class Server:
         else:
             worker.deadline = 0.0  # paused: the pin's idle timeout applies now
 
-    def _drained(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _drained(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         """Discard the rest of a closed stream's result."""
         if err is not None:
             self._lost(worker, None, err)
@@ -634,17 +678,23 @@ class Server:
             else:
                 self._fail(req, err)
         if pin is not None:
-            self._end_pin(pin, "its MySQL connection was lost (MySQL rolled back any transaction)")
+            self._end_pin(
+                pin, "its MySQL connection was lost (MySQL rolled back any transaction)"
+            )
         self._forget(worker)
 
     def _closed_while_free(self, worker: Worker) -> None:
-        """Forget a worker that died with no command running (idle, pinned, cancelling)."""
-        self._lost(worker, None, errors.OperationalError(errors.CR_SERVER_LOST, "connection lost"))
+        """Forget a worker that died with no command running (idle, pinned, ...)."""
+        self._lost(
+            worker,
+            None,
+            errors.OperationalError(errors.CR_SERVER_LOST, "connection lost"),
+        )
 
     # Pins ----------------------------------------------------------------------------
 
     def _pin(self, worker: Worker, kind: str, who: Any) -> Pin:
-        pin_id = random.getrandbits(63) or 1  # noqa: S311  an id, not a secret
+        pin_id = random.getrandbits(63) or 1  # an id, not a secret
         pin = Pin(pin_id, kind, worker, who)
         worker.pin = pin
         worker.state = State.PINNED
@@ -657,7 +707,12 @@ class Server:
         if len(self._ended) > ENDED_PINS_KEPT:
             self._ended.popitem(last=False)
         if pin.pending is not None:
-            self._fail(pin.pending, errors.OperationalError(errors.ER_BAD_PIN, f"this {pin.kind} ended: {reason}"))
+            self._fail(
+                pin.pending,
+                errors.OperationalError(
+                    errors.ER_BAD_PIN, f"this {pin.kind} ended: {reason}"
+                ),
+            )
             pin.pending = None
         pin.worker.pin = None
 
@@ -672,7 +727,12 @@ class Server:
         pin = self.pins.get(req.pin)
         if pin is None:
             why = self._ended.get(req.pin, "unknown pin")
-            self._fail(req, errors.OperationalError(errors.ER_BAD_PIN, f"transaction, session or stream is gone: {why}"))
+            self._fail(
+                req,
+                errors.OperationalError(
+                    errors.ER_BAD_PIN, f"transaction, session or stream is gone: {why}"
+                ),
+            )
             return
         op, kind, worker = req.op, pin.kind, pin.worker
         allowed = {
@@ -681,7 +741,13 @@ class Server:
             "stream": (Op.STREAM_NEXT, Op.STREAM_CLOSE),
         }[kind]
         if op not in allowed:
-            self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, f"op {Op(op).name} does not apply to a {kind}"))
+            self._fail(
+                req,
+                errors.InterfaceError(
+                    errors.ER_BAD_REQUEST,
+                    f"op {Op(op).name} does not apply to a {kind}",
+                ),
+            )
             return
         pin.last_active = time.monotonic()
         if kind == "stream":
@@ -691,7 +757,13 @@ class Server:
             if pin.pending is None and worker.cancelling:
                 pin.pending = req
             else:
-                self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, f"a statement is already running in this {kind}"))
+                self._fail(
+                    req,
+                    errors.InterfaceError(
+                        errors.ER_BAD_REQUEST,
+                        f"a statement is already running in this {kind}",
+                    ),
+                )
             return
         if op == Op.SESSION_CLOSE:
             self._send(req.peer, req.req_id, Status.VALUE, None)
@@ -707,7 +779,13 @@ class Server:
             self._close_stream(pin, "stream closed by the client")
             return
         if pin.request is not None or not worker.paused:
-            self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, "a chunk of this stream is already on its way"))
+            self._fail(
+                req,
+                errors.InterfaceError(
+                    errors.ER_BAD_REQUEST,
+                    "a chunk of this stream is already on its way",
+                ),
+            )
             return
         pin.request = req
         worker.deadline = req.deadline
@@ -717,7 +795,10 @@ class Server:
         """End a stream mid-result: KILL QUERY, and discard what is still coming."""
         worker = pin.worker
         if pin.request is not None:
-            self._fail(pin.request, errors.OperationalError(errors.ER_BAD_PIN, f"stream ended: {reason}"))
+            self._fail(
+                pin.request,
+                errors.OperationalError(errors.ER_BAD_PIN, f"stream ended: {reason}"),
+            )
             pin.request = None
         self._end_pin(pin, reason)
         self._cancel(worker, time.monotonic())
@@ -733,7 +814,12 @@ class Server:
         pool = worker.pool
         if pool.needs_recycling(worker, time.monotonic()):
             pool.metrics.recycled += 1
-            log.info("pool %s: recycling connection %d after %d uses", pool.name, worker.thread_id, worker.uses)
+            log.info(
+                "pool %s: recycling connection %d after %d uses",
+                pool.name,
+                worker.thread_id,
+                worker.uses,
+            )
             self._forget(worker)
             return
         if worker.dirty:
@@ -749,18 +835,21 @@ class Server:
         pool.check_in(worker)
 
     def _reset(self, worker: Worker) -> None:
-        """Clear session state (COM_RESET_CONNECTION, then the setup statements again)."""
+        """Clear session state: COM_RESET_CONNECTION, then the setup statements."""
         worker.state = State.RESETTING
         worker.dirty = False
         worker.pool.metrics.resets += 1
         steps = [COM_RESET_CONNECTION] + [
-            COM_QUERY + sql.encode() for sql in setup_statements(worker.pool.config.init_sql)
+            COM_QUERY + sql.encode()
+            for sql in setup_statements(worker.pool.config.init_sql)
         ]
         worker.request = None
         worker.reset_steps = steps
         worker.send(steps[0], self._reset_step)
 
-    def _reset_step(self, worker: Worker, data: bytes | None, err: errors.Error | None) -> None:
+    def _reset_step(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
         if err is not None:
             self._lost(worker, None, err)
             return
@@ -803,7 +892,8 @@ class Server:
             req,
             errors.QueryTimeout(
                 errors.ER_QUERY_TIMEOUT,
-                f"deadline of {req.timeout:.3f} s passed while waiting for a connection; "
+                f"deadline of {req.timeout:.3f} s passed while waiting for a "
+                "connection; "
                 "the statement was not sent",
             ),
         )
@@ -830,7 +920,12 @@ class Server:
                     f"statement cancelled after {req.timeout:.3f} s (KILL QUERY sent)",
                 ),
             )
-        self.connector.kill(worker.pool.name, worker.pool.config.connect_args(), worker.thread_id, worker)
+        self.connector.kill(
+            worker.pool.name,
+            worker.pool.config.connect_args(),
+            worker.thread_id,
+            worker,
+        )
 
     def _killed(self, outcome: Outcome) -> None:
         worker: Worker = outcome.tag
@@ -838,7 +933,12 @@ class Server:
             return
         worker.cancelling = False
         if outcome.error is not None:
-            log.warning("pool %s: KILL QUERY %d failed: %s", worker.pool.name, worker.thread_id, outcome.error)
+            log.warning(
+                "pool %s: KILL QUERY %d failed: %s",
+                worker.pool.name,
+                worker.thread_id,
+                outcome.error,
+            )
             worker.lost("could not cancel its statement")
             return
         if not worker.running:
@@ -878,7 +978,7 @@ class Server:
         )
 
     def _janitor(self, now: float) -> None:
-        """Periodic upkeep: recycle idle connections, free silent pins, refill, readiness."""
+        """Periodic upkeep: recycle idle connections, free silent pins, refill."""
         for pool in self.pools.values():
             for worker in pool.idle_to_close(now):
                 pool.metrics.recycled += 1
@@ -891,20 +991,25 @@ class Server:
                 pin.pool.metrics.abandoned += 1
                 who = pin.who
                 log.warning(
-                    "pool %s: %s of pid %s on %s silent for %.0f s; rolling back and freeing it",
+                    "pool %s: %s of pid %s on %s silent for %.0f s; "
+                    "rolling back and freeing it",
                     pin.pool.name,
                     pin.kind,
                     who.get("pid"),
                     who.get("host"),
                     now - pin.last_active,
                 )
-                reason = f"silent for over transaction_idle_timeout ({limit:g} s); rolled back"
+                reason = (
+                    f"silent for over transaction_idle_timeout ({limit:g} s); "
+                    "rolled back"
+                )
                 if pin.kind == "stream" and not pin.done:
                     self._close_stream(pin, reason)
                 else:
                     self._unpin(pin, reason, reset=True)
         if not self._ready and all(
-            len(p.workers) >= p.config.min_size or p.last_error is not None for p in self.pools.values()
+            len(p.workers) >= p.config.min_size or p.last_error is not None
+            for p in self.pools.values()
         ):
             self._ready = True
             self.notifier.ready(self.status_line())
@@ -967,12 +1072,16 @@ class Server:
         self.notifier.stopping("draining")
 
     def _idle_for_exit(self) -> bool:
-        return not self.pins and not any(
-            w.running or w.state is State.RESETTING for w in self._workers.values()
-        ) and not any(p.queue for p in self.pools.values())
+        return (
+            not self.pins
+            and not any(
+                w.running or w.state is State.RESETTING for w in self._workers.values()
+            )
+            and not any(p.queue for p in self.pools.values())
+        )
 
     def reload(self) -> None:
-        """Re-read the config; apply what can change live, keep the old one if invalid."""
+        """Re-read the config; apply what can change live; keep the old if invalid."""
         if self._reload_config is None:
             return
         self.notifier.reloading()
@@ -983,7 +1092,9 @@ class Server:
             self.notifier.ready(self.status_line())
             return
         for key in needs_restart(self.config, new):
-            log.warning("reload: %s changed but needs a restart; keeping the old value", key)
+            log.warning(
+                "reload: %s changed but needs a restart; keeping the old value", key
+            )
         logging.getLogger().setLevel(new.broker.log_level.upper())
         for name, cfg in new.pools.items():
             pool = self.pools.get(name)
@@ -991,15 +1102,25 @@ class Server:
                 self.pools[name] = Pool(cfg, self.connector)
                 log.info("reload: new pool %s", name)
                 continue
-            if cfg.connect_args() != pool.config.connect_args() or cfg.init_sql != pool.config.init_sql:
+            if (
+                cfg.connect_args() != pool.config.connect_args()
+                or cfg.init_sql != pool.config.init_sql
+            ):
                 pool.generation += 1  # replace connections as they come free
                 pool.info = None
-                log.info("reload: pool %s connection settings changed; replacing connections", name)
+                log.info(
+                    "reload: pool %s connection settings changed; "
+                    "replacing connections",
+                    name,
+                )
             pool.config = cfg
         for name, pool in self.pools.items():
             if name not in new.pools:
                 pool.retired = True
-                log.info("reload: pool %s removed; closing its connections as they free", name)
+                log.info(
+                    "reload: pool %s removed; closing its connections as they free",
+                    name,
+                )
         self.config = new
         for pool in self.pools.values():
             for worker in pool.idle_to_close(time.monotonic()):
@@ -1016,7 +1137,11 @@ class Server:
         """Return a one-line summary for systemd's STATUS= and logs."""
         parts = []
         for pool in self.pools.values():
-            state = "unreachable" if pool.failing else f"{len(pool.workers)}/{pool.config.max_size} conns"
+            state = (
+                "unreachable"
+                if pool.failing
+                else f"{len(pool.workers)}/{pool.config.max_size} conns"
+            )
             parts.append(f"{pool.name}: {state}, {len(pool.queue)} waiting")
         return "; ".join(parts) + f"; {len(self.pins)} pinned"
 
@@ -1067,7 +1192,9 @@ def _begin_statements(body: dict) -> list[bytes]:
     steps = []
     if body.get("isolation"):
         steps.append(b"SET TRANSACTION ISOLATION LEVEL " + body["isolation"].encode())
-    steps.append(b"START TRANSACTION READ ONLY" if body.get("readonly") else b"START TRANSACTION")
+    steps.append(
+        b"START TRANSACTION READ ONLY" if body.get("readonly") else b"START TRANSACTION"
+    )
     return steps
 
 
@@ -1077,14 +1204,22 @@ def _check_body(op: int, pin: int, body: Any) -> str | None:
         if type(body) is not bytes or not body:
             return "query body must be non-empty SQL bytes"
     elif op == Op.EXECUTEMANY:
-        if type(body) is not list or not body or not all(type(s) is bytes and s for s in body):
+        if (
+            type(body) is not list
+            or not body
+            or not all(type(s) is bytes and s for s in body)
+        ):
             return "executemany body must be a non-empty list of SQL bytes"
     elif op == Op.BEGIN:
-        if type(body) is not dict or body.get("isolation") not in (None, *ISOLATION_LEVELS):
-            return "begin body must be a map with isolation one of " + ", ".join(sorted(ISOLATION_LEVELS))
-    elif op == Op.SESSION_OPEN:
-        if type(body) is not dict:
-            return "session body must be a map"
+        if type(body) is not dict or body.get("isolation") not in (
+            None,
+            *ISOLATION_LEVELS,
+        ):
+            return "begin body must be a map with isolation one of " + ", ".join(
+                sorted(ISOLATION_LEVELS)
+            )
+    elif op == Op.SESSION_OPEN and type(body) is not dict:
+        return "session body must be a map"
     elif op == Op.STREAM_OPEN:
         if not (
             type(body) is list
@@ -1097,6 +1232,12 @@ def _check_body(op: int, pin: int, body: Any) -> str | None:
             return "stream body must be [SQL bytes, chunk_rows 1..1000000, who]"
     if pin and op in (Op.HELLO, Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN):
         return f"op {Op(op).name} cannot carry a pin"
-    if not pin and op in (Op.COMMIT, Op.ROLLBACK, Op.SESSION_CLOSE, Op.STREAM_NEXT, Op.STREAM_CLOSE):
+    if not pin and op in (
+        Op.COMMIT,
+        Op.ROLLBACK,
+        Op.SESSION_CLOSE,
+        Op.STREAM_NEXT,
+        Op.STREAM_CLOSE,
+    ):
         return f"op {Op(op).name} needs a pin"
     return None

@@ -10,11 +10,20 @@ oddly written statements count as writes that dirty the session: the safe side.
 
 from __future__ import annotations
 
-READS = frozenset({b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"})
+READS = frozenset(
+    {b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"}
+)
 # Statements that leave nothing in the session unless they mention a variable
 # or a lock: plain reads and plain DML.
 CLEAN = READS | frozenset({b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"DO"})
-_STATEFUL_MARKS = (b"@", b"GET_LOCK", b"get_lock", b"Get_lock", b"LAST_INSERT_ID(", b"last_insert_id(")
+_STATEFUL_MARKS = (
+    b"@",
+    b"GET_LOCK",
+    b"get_lock",
+    b"Get_lock",
+    b"LAST_INSERT_ID(",
+    b"last_insert_id(",
+)
 
 
 def first_word(sql: bytes) -> bytes:

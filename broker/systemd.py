@@ -39,7 +39,7 @@ class Notifier:
         return self._sock is not None
 
     def notify(self, **fields: str | int) -> None:
-        """Send fields, e.g. notify(READY=1, STATUS="serving")."""
+        """Send KEY=VALUE fields in one datagram."""
         if self._sock is None:
             return
         message = "\n".join(f"{key}={value}" for key, value in fields.items())
@@ -66,7 +66,7 @@ class Notifier:
         self.notify(STATUS=status)
 
     def watchdog(self, now: float) -> None:
-        """Ping the watchdog when due; call from the I/O loop so a stuck loop stops it."""
+        """Ping the watchdog when due; from the I/O loop, so a stuck loop stops it."""
         if self.watchdog_interval and now >= self._next_watchdog:
             self._next_watchdog = now + self.watchdog_interval
             self.notify(WATCHDOG=1)

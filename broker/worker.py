@@ -71,7 +71,9 @@ class Worker:
         self.pool: Any = None  # the Pool it belongs to (set by the server)
         self.request: Any = None  # the Request its running command answers
         self.pin: Any = None  # the Pin holding it, when PINNED or busy for one
-        self.on_closed: Callable[[Worker], None] | None = None  # lost while no command ran
+        self.on_closed: Callable[[Worker], None] | None = (
+            None  # lost while no command ran
+        )
         self.reset_steps: list[bytes] = []
         self.cancel_started = 0.0
         self.dirty = False  # session state left behind; reset before reuse
@@ -88,7 +90,7 @@ class Worker:
         poller.register(self.fd, zmq.POLLIN)
 
     def _watch(self) -> None:
-        """Poll for reading unless a stream chunk is out, for writing while output waits."""
+        """Poll for reading unless a chunk is out; for writing while output waits."""
         events = (0 if self.paused else zmq.POLLIN) | (zmq.POLLOUT if self._out else 0)
         if events != self._events:
             self._events = events
@@ -105,7 +107,7 @@ class Worker:
     def send(
         self, command: bytes, done: Done, deadline: float = 0.0, chunk_rows: int = 0
     ) -> None:
-        """Write one command (its command byte and body) and call done with the response.
+        """Write one command (command byte and body); call done with the response.
 
         With chunk_rows, done is called with every chunk of that many rows and
         reading pauses until `resume`; ``scanner.done`` tells the last chunk.
@@ -214,7 +216,9 @@ class Worker:
         """Mark the connection dead and tell the running command, if any."""
         if self.state is State.CLOSED:
             return
-        log.warning("pool %s: connection %d lost (%s)", self.pool_name, self.thread_id, reason)
+        log.warning(
+            "pool %s: connection %d lost (%s)", self.pool_name, self.thread_id, reason
+        )
         callback, self._done = self._done, None
         self.close()
         if callback is None:
@@ -225,7 +229,8 @@ class Worker:
                 self,
                 None,
                 errors.OperationalError(
-                    errors.CR_SERVER_LOST, f"Lost connection to MySQL server during query ({reason})"
+                    errors.CR_SERVER_LOST,
+                    f"Lost connection to MySQL server during query ({reason})",
                 ),
             )
 

@@ -4,7 +4,15 @@ Application processes import this package and hold only ZeroMQ sockets, never a
 database socket. See README.md for the API; `client.protocol` for the wire format.
 """
 
-from client.api import Client, default_client, executemany, query, session, stream, transaction
+from client.api import (
+    Client,
+    default_client,
+    executemany,
+    query,
+    session,
+    stream,
+    transaction,
+)
 from client.errors import (
     BrokerUnavailable,
     DatabaseError,

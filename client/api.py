@@ -72,8 +72,10 @@ class Client:
 
     # Statements -----------------------------------------------------------
 
-    def query(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
-        """Run one statement on any free connection of the pool and return its Result."""
+    def query(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> Result:
+        """Run one statement on any free connection of the pool; return its Result."""
         codec = self._codec(timeout)
         body = codec.render(sql, params)
         return codec.decode(self._call(Op.QUERY, timeout, 0, body, Status.PACKETS))
@@ -81,7 +83,7 @@ class Client:
     def executemany(
         self, sql: str, seq_params: Iterable[Params], *, timeout: float | None = None
     ) -> Result:
-        """Run sql once per parameter set, batched as pymysql does; rowcount is the total."""
+        """Run sql once per parameter set, batched as pymysql does; rowcount totals."""
         return self._executemany(sql, seq_params, timeout, 0)
 
     def transaction(
@@ -91,8 +93,10 @@ class Client:
         readonly: bool = False,
         timeout: float | None = None,
     ) -> Transaction:
-        """Return a transaction pinned to one connection: use it as a context manager."""
-        return Transaction(self, isolation=isolation, readonly=readonly, timeout=timeout)
+        """Return a transaction pinned to one connection; use it with ``with``."""
+        return Transaction(
+            self, isolation=isolation, readonly=readonly, timeout=timeout
+        )
 
     def session(self, *, timeout: float | None = None) -> Session:
         """Return a session pinned to one connection, without a transaction."""
@@ -112,7 +116,9 @@ class Client:
         stream.
         """
         if type(chunk_rows) is not int or chunk_rows < 1:
-            raise errors.InterfaceError(0, f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+            raise errors.InterfaceError(
+                0, f"chunk_rows must be an int >= 1, got {chunk_rows!r}"
+            )
         return Stream(self, sql, params, chunk_rows=chunk_rows, timeout=timeout, pin=0)
 
     def ping(self, *, timeout: float | None = None) -> float:
@@ -138,7 +144,9 @@ class Client:
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "program": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python",
+            "program": os.path.basename(sys.argv[0])
+            if sys.argv and sys.argv[0]
+            else "python",
             "name": self.name,
             "thread": threading.current_thread().name,
         }
@@ -154,11 +162,13 @@ class Client:
     def _pool_info(self, timeout: float | None) -> dict[str, Any]:
         info = self._info
         if info is None:
-            info = self._info = self._call(Op.HELLO, timeout, 0, self.who(), Status.VALUE)
+            info = self._info = self._call(
+                Op.HELLO, timeout, 0, self.who(), Status.VALUE
+            )
         return info
 
     def _codec(self, timeout: float | None) -> Codec:
-        """Return this thread's codec for the pool, asking the broker once per Client."""
+        """Return this thread's codec for the pool (HELLO once per Client)."""
         self._transport()  # a new process or thread starts without a codec
         codec = self._local.codec
         if codec is None:
@@ -167,14 +177,18 @@ class Client:
 
     def _new_codec(self, timeout: float | None, refill: Any = None) -> Codec:
         info = self._pool_info(timeout)
-        return Codec(info[protocol.INFO_CHARSET], info[protocol.INFO_SERVER_STATUS], refill)
+        return Codec(
+            info[protocol.INFO_CHARSET], info[protocol.INFO_SERVER_STATUS], refill
+        )
 
     def _send_only(self, op: int, pin: int) -> None:
         """Send a request without waiting: for cleanup from a finaliser."""
         self._transport().send_only(op, self.pool, pin)
 
-    def _call(self, op: int, timeout: float | None, pin: int, body: Any, expect: int) -> Any:
-        """Send one request and return the body of its reply, raising what it reports."""
+    def _call(
+        self, op: int, timeout: float | None, pin: int, body: Any, expect: int
+    ) -> Any:
+        """Send one request; return its reply's body or raise the error it carries."""
         wait = self.timeout if timeout is None else float(timeout)
         if not wait > 0:
             raise errors.InterfaceError(0, f"timeout must be > 0, got {timeout!r}")
@@ -231,16 +245,23 @@ def query(sql: str, params: Params = None, *, timeout: float | None = None) -> R
     return default_client().query(sql, params, timeout=timeout)
 
 
-def executemany(sql: str, seq_params: Iterable[Params], *, timeout: float | None = None) -> Result:
+def executemany(
+    sql: str, seq_params: Iterable[Params], *, timeout: float | None = None
+) -> Result:
     """Run sql once per parameter set through the default Client."""
     return default_client().executemany(sql, seq_params, timeout=timeout)
 
 
 def transaction(
-    *, isolation: str | None = None, readonly: bool = False, timeout: float | None = None
+    *,
+    isolation: str | None = None,
+    readonly: bool = False,
+    timeout: float | None = None,
 ) -> Transaction:
     """Return a transaction on the default Client."""
-    return default_client().transaction(isolation=isolation, readonly=readonly, timeout=timeout)
+    return default_client().transaction(
+        isolation=isolation, readonly=readonly, timeout=timeout
+    )
 
 
 def session(*, timeout: float | None = None) -> Session:
@@ -249,7 +270,11 @@ def session(*, timeout: float | None = None) -> Session:
 
 
 def stream(
-    sql: str, params: Params = None, *, chunk_rows: int = 1000, timeout: float | None = None
+    sql: str,
+    params: Params = None,
+    *,
+    chunk_rows: int = 1000,
+    timeout: float | None = None,
 ) -> Iterator[tuple]:
     """Stream the rows of sql through the default Client."""
     return default_client().stream(sql, params, chunk_rows=chunk_rows, timeout=timeout)

@@ -26,7 +26,7 @@ class Error(Exception):
         return f"({self.errno}, {self.msg!r})" if self.errno else self.msg
 
 
-class Warning(Exception):  # noqa: A001  PEP 249 names it so
+class Warning(Exception):  # PEP 249 names it so, shadowing the builtin
     """Important warnings such as data truncation (PEP 249)."""
 
 

@@ -126,7 +126,9 @@ class Codec(pymysql.connections.Connection):
     @property
     def no_backslash_escapes(self) -> bool:
         """Whether the pool's SQL mode quotes strings without backslashes."""
-        return bool(self.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
+        return bool(
+            self.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+        )
 
     def _read_packet(self, packet_type: type = MysqlPacket) -> MysqlPacket:
         parts = []
@@ -142,7 +144,9 @@ class Codec(pymysql.connections.Connection):
             parts.append(self._data[start : self._pos])
             if size < _MAX_PACKET_LEN:
                 break
-        packet = packet_type(parts[0] if len(parts) == 1 else b"".join(parts), self.encoding)
+        packet = packet_type(
+            parts[0] if len(parts) == 1 else b"".join(parts), self.encoding
+        )
         if packet.is_error_packet():
             packet.raise_for_error()
         return packet

@@ -51,19 +51,27 @@ class _Pinned:
     def _query(self, sql: str, params: Params, timeout: float | None) -> Result:
         self._check_owner()
         if not self.pin:
-            raise errors.InterfaceError(errors.ER_BAD_PIN, f"this {self._kind} is not open")
+            raise errors.InterfaceError(
+                errors.ER_BAD_PIN, f"this {self._kind} is not open"
+            )
         timeout = self._timeout_for(timeout)
         codec = self._client._codec(timeout)
         body = codec.render(sql, params)
-        return codec.decode(self._client._call(Op.QUERY, timeout, self.pin, body, Status.PACKETS))
+        return codec.decode(
+            self._client._call(Op.QUERY, timeout, self.pin, body, Status.PACKETS)
+        )
 
     def _executemany(
         self, sql: str, seq_params: Iterable[Params], timeout: float | None
     ) -> Result:
         self._check_owner()
         if not self.pin:
-            raise errors.InterfaceError(errors.ER_BAD_PIN, f"this {self._kind} is not open")
-        return self._client._executemany(sql, seq_params, self._timeout_for(timeout), self.pin)
+            raise errors.InterfaceError(
+                errors.ER_BAD_PIN, f"this {self._kind} is not open"
+            )
+        return self._client._executemany(
+            sql, seq_params, self._timeout_for(timeout), self.pin
+        )
 
 
 class Transaction(_Pinned):
@@ -82,7 +90,9 @@ class Transaction(_Pinned):
         super().__init__(client, timeout)
         if isolation is not None and isolation.upper() not in ISOLATION_LEVELS:
             raise errors.ProgrammingError(
-                0, f"isolation must be one of {sorted(ISOLATION_LEVELS)}, got {isolation!r}"
+                0,
+                f"isolation must be one of {sorted(ISOLATION_LEVELS)}, "
+                f"got {isolation!r}",
             )
         self.isolation = isolation.upper() if isolation else None
         self.readonly = bool(readonly)
@@ -92,7 +102,9 @@ class Transaction(_Pinned):
         self.begin()
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(
+        self, exc_type: type | None, exc: BaseException | None, tb: object
+    ) -> None:
         if not self.pin:
             return
         if exc_type is None:
@@ -110,10 +122,16 @@ class Transaction(_Pinned):
         self._check_owner()
         if self.pin or self._finished:
             raise errors.InterfaceError(errors.ER_BAD_PIN, "transaction already begun")
-        body = {"isolation": self.isolation, "readonly": self.readonly, "who": self._client.who()}
+        body = {
+            "isolation": self.isolation,
+            "readonly": self.readonly,
+            "who": self._client.who(),
+        }
         self.pin = self._client._call(Op.BEGIN, self._timeout, 0, body, Status.VALUE)
 
-    def query(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
+    def query(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> Result:
         """Run one statement inside the transaction."""
         return self._query(sql, params, timeout)
 
@@ -165,9 +183,13 @@ class Session(_Pinned):
         if self.pin:
             raise errors.InterfaceError(errors.ER_BAD_PIN, "session already open")
         body = {"who": self._client.who()}
-        self.pin = self._client._call(Op.SESSION_OPEN, self._timeout, 0, body, Status.VALUE)
+        self.pin = self._client._call(
+            Op.SESSION_OPEN, self._timeout, 0, body, Status.VALUE
+        )
 
-    def query(self, sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
+    def query(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> Result:
         """Run one statement in the session."""
         return self._query(sql, params, timeout)
 
@@ -183,7 +205,9 @@ class Session(_Pinned):
         if not self.pin:
             return
         pin, self.pin = self.pin, 0
-        self._client._call(Op.SESSION_CLOSE, self._timeout_for(timeout), pin, None, Status.VALUE)
+        self._client._call(
+            Op.SESSION_CLOSE, self._timeout_for(timeout), pin, None, Status.VALUE
+        )
 
 
 class Stream(_Pinned):
@@ -240,7 +264,9 @@ class Stream(_Pinned):
         client = self._client
         codec = client._codec(self._timeout)
         body = [codec.render(self._sql, self._params), self._chunk_rows, client.who()]
-        packets = self._chunk(client._call(Op.STREAM_OPEN, self._timeout, 0, body, Status.CHUNK))
+        packets = self._chunk(
+            client._call(Op.STREAM_OPEN, self._timeout, 0, body, Status.CHUNK)
+        )
         stream_codec = client._new_codec(self._timeout, refill=self._more)
         try:
             self._result = stream_codec.open_stream(packets)
@@ -258,7 +284,9 @@ class Stream(_Pinned):
     def _more(self) -> bytes:
         if self._done:
             raise errors.InternalError(0, "stream ended before its last row")
-        reply = self._client._call(Op.STREAM_NEXT, self._timeout, self.pin, None, Status.CHUNK)
+        reply = self._client._call(
+            Op.STREAM_NEXT, self._timeout, self.pin, None, Status.CHUNK
+        )
         return self._chunk(reply)
 
     def _finish(self) -> None:
@@ -276,7 +304,11 @@ class Stream(_Pinned):
             self._client._call(Op.STREAM_CLOSE, self._timeout, pin, None, Status.VALUE)
 
     def __del__(self) -> None:
-        if self.pin and self._pid == os.getpid() and self._thread == threading.get_ident():
+        if (
+            self.pin
+            and self._pid == os.getpid()
+            and self._thread == threading.get_ident()
+        ):
             self._finish()
             self._client._send_only(Op.STREAM_CLOSE, self.pin)
             self.pin = 0

@@ -22,6 +22,7 @@ import pytest
 from broker.sandbox import Sandbox, SandboxError, init_datadir
 
 TEST_DSN_ENV = "BROKER_TEST_DSN"
+pytest_plugins = ["broker_fixtures"]
 
 
 # --- MySQL server ------------------------------------------------------------
@@ -194,6 +195,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the tail of each server log a failed test used to its report."""
     report = yield
+    setattr(item, f"rep_{report.when}", report)  # lets fixtures see the outcome
     if report.failed:
         funcargs = getattr(item, "funcargs", {})
         for name in SERVER_FIXTURES:

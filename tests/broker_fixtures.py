@@ -1,0 +1,222 @@
+"""Fixtures that run a real `broker serve` subprocess against the test database.
+
+`make_broker(**pool_keys)` writes a TOML config (the per-test database, the
+broker user's password in a password_file) and starts ``python -m broker
+serve``; it returns once the broker answers a ping. Teardown sends SIGTERM and
+waits; the broker's log is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+class BrokerProcess:
+    """A `broker serve` subprocess with its own config, socket and log."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        dsn: str,
+        password_file: str,
+        pool: dict[str, Any],
+        broker: dict[str, Any],
+        pools: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.endpoint = f"ipc://{workdir}/broker.sock"
+        self.config_path = workdir / "broker.toml"
+        self.log_path = workdir / "broker.log"
+        self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+        self.write_config(dsn, password_file, pool, broker, pools)
+
+    def write_config(
+        self,
+        dsn: str,
+        password_file: str,
+        pool: dict[str, Any],
+        broker: dict[str, Any],
+        pools: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Write the TOML the broker reads (again on SIGHUP)."""
+        lines = ["[broker]", f"endpoint = {_toml_value(self.endpoint)}"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in broker.items()]
+        all_pools = {"default": pool, **(pools or {})}
+        for name, keys in all_pools.items():
+            keys = {"dsn": dsn, "password_file": password_file, **keys}
+            lines += ["", f"[pools.{name}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, wait: bool = True) -> None:
+        """Start `broker serve` and wait until it answers a ping."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        env.update(self.env)
+        env["PYTHONPATH"] = str(ROOT)
+        log = open(self.log_path, "ab")  # noqa: SIM115  the child owns it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--log-level",
+                "debug",
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=ROOT,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the broker answers a ping and its pools have connected."""
+        deadline = time.monotonic() + timeout
+        with client.Client(endpoint=self.endpoint, timeout=0.5) as c:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    pytest.fail(
+                        f"broker exited with {self.proc.returncode}:\n{self.log()}"
+                    )
+                try:
+                    stats = c.stats()
+                except client.BrokerUnavailable:
+                    stats = None
+                if stats and all(
+                    p["size"] >= p["min_size"] or p["unreachable"]
+                    for p in stats["pools"].values()
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    pytest.fail(f"broker not ready after {timeout} s:\n{self.log()}")
+                time.sleep(0.05)
+
+    def client(self, **kwargs: Any) -> client.Client:
+        """Return a Client for this broker."""
+        kwargs.setdefault("timeout", 10.0)
+        return client.Client(endpoint=self.endpoint, **kwargs)
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the broker process."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM the broker and return its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log(self) -> str:
+        """Return what the broker logged."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """A short private directory: ipc socket paths must fit in 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="bk-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_broker(
+    request: pytest.FixtureRequest,
+    broker_dir: Path,
+    mysql_dsn: str,
+    password_file: Path,
+) -> Iterator[Callable[..., BrokerProcess]]:
+    """Return a factory: make_broker(**pool_keys, broker={...}) -> a started broker."""
+    started: list[BrokerProcess] = []
+
+    def make(
+        *,
+        broker: dict[str, Any] | None = None,
+        pools: dict[str, dict[str, Any]] | None = None,
+        dsn: str | None = None,
+        start: bool = True,
+        **pool: Any,
+    ) -> BrokerProcess:
+        workdir = broker_dir / f"b{len(started)}"
+        workdir.mkdir()
+        proc = BrokerProcess(
+            workdir, dsn or mysql_dsn, str(password_file), pool, broker or {}, pools
+        )
+        started.append(proc)
+        if start:
+            proc.start()
+        return proc
+
+    yield make
+    failed = (
+        getattr(request.node, "rep_call", None) is not None
+        and request.node.rep_call.failed
+    )
+    for proc in started:
+        try:
+            proc.stop()
+        finally:
+            if failed:
+                print(f"--- broker log {proc.log_path} ---\n{proc.log()[-20000:]}")
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """A started broker with a default pool on this test's database."""
+    return make_broker(max_size=4)
+
+
+@pytest.fixture
+def db(broker: BrokerProcess) -> Iterator[client.Client]:
+    """A Client of the `broker` fixture."""
+    with broker.client() as c:
+        yield c
