@@ -1200,36 +1200,30 @@ def _begin_statements(body: dict) -> list[bytes]:
 
 def _check_body(op: int, pin: int, body: Any) -> str | None:
     """Return what is wrong with a request's body, or None; the body is untrusted."""
-    if op == Op.QUERY:
-        if type(body) is not bytes or not body:
-            return "query body must be non-empty SQL bytes"
-    elif op == Op.EXECUTEMANY:
-        if (
-            type(body) is not list
-            or not body
-            or not all(type(s) is bytes and s for s in body)
-        ):
-            return "executemany body must be a non-empty list of SQL bytes"
-    elif op == Op.BEGIN:
-        if type(body) is not dict or body.get("isolation") not in (
-            None,
-            *ISOLATION_LEVELS,
-        ):
-            return "begin body must be a map with isolation one of " + ", ".join(
-                sorted(ISOLATION_LEVELS)
-            )
-    elif op == Op.SESSION_OPEN and type(body) is not dict:
+    if op == Op.QUERY and (type(body) is not bytes or not body):
+        return "query body must be non-empty SQL bytes"
+    if op == Op.EXECUTEMANY and (
+        type(body) is not list
+        or not body
+        or not all(type(s) is bytes and s for s in body)
+    ):
+        return "executemany body must be a non-empty list of SQL bytes"
+    if op == Op.BEGIN and (
+        type(body) is not dict or body.get("isolation") not in (None, *ISOLATION_LEVELS)
+    ):
+        levels = ", ".join(sorted(ISOLATION_LEVELS))
+        return f"begin body must be a map with isolation one of {levels}"
+    if op == Op.SESSION_OPEN and type(body) is not dict:
         return "session body must be a map"
-    elif op == Op.STREAM_OPEN:
-        if not (
-            type(body) is list
-            and len(body) == 3
-            and type(body[0]) is bytes
-            and body[0]
-            and type(body[1]) is int
-            and 1 <= body[1] <= 1_000_000
-        ):
-            return "stream body must be [SQL bytes, chunk_rows 1..1000000, who]"
+    if op == Op.STREAM_OPEN and not (
+        type(body) is list
+        and len(body) == 3
+        and type(body[0]) is bytes
+        and body[0]
+        and type(body[1]) is int
+        and 1 <= body[1] <= 1_000_000
+    ):
+        return "stream body must be [SQL bytes, chunk_rows 1..1000000, who]"
     if pin and op in (Op.HELLO, Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN):
         return f"op {Op(op).name} cannot carry a pin"
     if not pin and op in (
