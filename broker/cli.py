@@ -175,7 +175,7 @@ def format_status(stats: dict) -> str:
     if stats["pins"]:
         lines += [
             "",
-            f"{'HELD BY':<34} {'KIND':<12} {'POOL':<10} {'AGE':>8} {'IDLE':>8}",
+            f"{'KIND':<12} {'POOL':<12} {'CONN':>6} {'AGE':>8} {'IDLE':>8}  HELD BY",
         ]
         for pin in stats["pins"]:
             who = pin["who"]
@@ -184,8 +184,8 @@ def format_status(stats: dict) -> str:
             if who.get("name"):
                 holder += f" ({who['name']})"
             lines.append(
-                f"{holder[:34]:<34} {pin['kind']:<12} {pin['pool']:<10} "
-                f"{_duration(pin['age_s']):>8} {_duration(pin['idle_s']):>8}"
+                f"{pin['kind']:<12} {pin['pool']:<12} {pin['connection']:>6} "
+                f"{_duration(pin['age_s']):>8} {_duration(pin['idle_s']):>8}  {holder}"
             )
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Faults made for real: killed connections, a killed and restarted MariaDB, a killed broker."""
+"""Real faults: killed connections, a killed and restarted MariaDB, a killed broker."""
 
 import threading
 import time

@@ -26,9 +26,13 @@ def test_commit_on_clean_exit(accounts):
 
 
 def test_rollback_on_exception(accounts):
-    with pytest.raises(ZeroDivisionError), accounts.transaction() as tx:
-        tx.query("UPDATE acct SET bal = 0")
-        1 / 0  # noqa: B018
+    def fail_midway() -> None:
+        with accounts.transaction() as tx:
+            tx.query("UPDATE acct SET bal = 0")
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        fail_midway()
     assert accounts.query("SELECT SUM(bal) FROM acct").scalar() == 200
 
 

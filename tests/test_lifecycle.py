@@ -1,0 +1,155 @@
+"""`broker serve` as a process: reload, drain, status, check-config."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import client
+
+
+def _pool(c):
+    return c.stats()["pools"]["default"]
+
+
+def test_sighup_applies_a_new_max_size_live(make_broker, mysql_dsn, password_file):
+    b = make_broker(max_size=2, min_size=1)
+    c = b.client()
+    assert _pool(c)["max_size"] == 2
+    b.write_config(mysql_dsn, str(password_file), {"max_size": 6, "min_size": 3}, {})
+    b.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while _pool(c)["max_size"] != 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pool(c)["max_size"] == 6
+    while _pool(c)["size"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pool(c)["size"] >= 3
+    assert "reload: applied" in b.log()
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(make_broker):
+    b = make_broker(max_size=2)
+    c = b.client()
+    b.config_path.write_text("[pools.default]\nmax_sise = 3\n")
+    b.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "reload rejected" not in b.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "reload rejected" in b.log()
+    assert "max_sise" in b.log()
+    assert _pool(c)["max_size"] == 2
+    assert c.query("SELECT 1").scalar() == 1
+
+
+def test_sigterm_drains_statements_in_flight_and_exits_zero(make_broker):
+    b = make_broker(max_size=4, broker={"drain_timeout": 10})
+    results = []
+
+    def slow(n: int) -> None:
+        with b.client() as c:
+            try:
+                results.append(c.query("SELECT SLEEP(1), %s", (n,)).rows[0][1])
+            except client.Error as err:
+                results.append(err)
+
+    threads = [threading.Thread(target=slow, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    b.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with (
+        b.client(timeout=2) as late,
+        pytest.raises(client.BrokerUnavailable, match="shutting down"),
+    ):
+        late.query("SELECT 1")
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 1, 2]
+    assert b.proc.wait(15) == 0
+    assert not (b.workdir / "broker.sock").exists()
+
+
+def test_drain_gives_up_after_drain_timeout(make_broker):
+    b = make_broker(max_size=1, broker={"drain_timeout": 0.5})
+    c = b.client()
+    tx = c.transaction()
+    tx.begin()
+    start = time.monotonic()
+    b.signal(signal.SIGTERM)
+    assert b.proc.wait(10) == 0
+    assert time.monotonic() - start < 3
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_status_shows_pools_and_who_holds_what(broker):
+    c = broker.client(name="billing-worker")
+    c.query("SELECT 1")
+    with c.transaction() as tx:
+        tx.query("SELECT 2")
+        out = _cli("status", "--endpoint", broker.endpoint)
+        assert out.returncode == 0, out.stderr
+        assert "default" in out.stdout
+        assert "transaction" in out.stdout
+        assert "billing-worker" in out.stdout
+        js = _cli("status", "--endpoint", broker.endpoint, "--json")
+    stats = json.loads(js.stdout)
+    assert stats["pools"]["default"]["served"] >= 2
+    assert stats["pins"][0]["kind"] == "transaction"
+    assert stats["pins"][0]["who"]["name"] == "billing-worker"
+    assert stats["pools"]["default"]["latency_ms"]["p50"] > 0
+
+
+def test_status_without_a_broker_says_so(broker_dir):
+    out = _cli(
+        "status", "--endpoint", f"ipc://{broker_dir}/none.sock", "--timeout", "0.3"
+    )
+    assert out.returncode == 1
+    assert "no reply from the broker" in out.stderr
+
+
+def test_check_config_names_the_bad_key(tmp_path):
+    bad = tmp_path / "b.toml"
+    bad.write_text('[pools.default]\ndsn = "mysql://u@h/db"\nmax_size = 0\n')
+    out = _cli("check-config", "--config", str(bad))
+    assert out.returncode == 1
+    assert "pools.default.max_size" in out.stderr
+    good = tmp_path / "g.toml"
+    good.write_text('[pools.default]\ndsn = "mysql://u@h/db"\nmax_size = 3\n')
+    out = _cli("check-config", "--config", str(good))
+    assert out.returncode == 0, out.stderr
+    assert "configuration OK" in out.stdout
+
+
+def test_help_lists_every_command():
+    out = _cli("--help")
+    assert out.returncode == 0
+    for command in ("serve", "status", "check-config", "bench"):
+        assert command in out.stdout
+
+
+def test_password_on_the_command_line_is_refused(broker_dir):
+    out = _cli(
+        "serve",
+        "--dsn",
+        "mysql://u:secret@127.0.0.1/db",
+        "--endpoint",
+        f"ipc://{broker_dir}/x.sock",
+    )
+    assert out.returncode == 2
+    assert "password_file" in out.stderr
+    assert "secret" not in out.stderr
