@@ -255,6 +255,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     ):
         if not ok:
             raise BenchError(f"{flag}: must be {want}, got {value!r}")
+    if args.dsn is not None:
+        _pool_config(args.dsn, None)  # refuse a bad DSN before starting anything
     return Settings(
         clients=tuple(dict.fromkeys(clients)),
         scenarios=tuple(dict.fromkeys(scenarios)),
@@ -324,7 +326,7 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
             dsn = _broker_stats(probe, settings.pool)["dsn"]
     if dsn is None:
         dsn = _start_sandbox(tmp, cleanup)
-    pool_config = _pool_config(dsn, password, settings.dsn is not None)
+    pool_config = _pool_config(dsn, password)
     connect_args = pool_config.connect_args()
     version = _make_fixture(connect_args, settings)
     cleanup.callback(_drop_fixture, connect_args)
@@ -350,12 +352,13 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
     return Target(target_client, connect_args, broker_pid, settings.pool), about
 
 
-def _pool_config(dsn: str, password: str | None, from_flag: bool) -> PoolConfig:
+def _pool_config(dsn: str, password: str | None) -> PoolConfig:
+    """Return the DSN parsed as the broker parses it, or raise BenchError."""
     try:
         config = PoolConfig(name="default", dsn=dsn, password=password)
     except ConfigError as err:
         raise BenchError(f"--dsn: {err.problem}") from err
-    if from_flag and password is None and config.password is not None:
+    if password is None and config.password is not None:
         raise BenchError(
             "--dsn: must not contain a password: the command line is visible to "
             "every local user in /proc/PID/cmdline; use --password-file"
@@ -649,7 +652,9 @@ def _child(job: Job, go_fd: int, out_fd: int) -> None:
     """Be one client process of a run, report through out_fd, and exit."""
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Ctrl-C reaches the whole process group: the parent acts on it and
+        # kills its children, so a child's end never reads as a failed client.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _send(out_fd, b"D", _child_run(job, go_fd, out_fd))
     except BaseException as err:
@@ -661,7 +666,7 @@ def _child(job: Job, go_fd: int, out_fd: int) -> None:
 
 
 def _child_run(job: Job, go_fd: int, out_fd: int) -> bytes:
-    rng = random.Random(os.getpid() ^ time.time_ns())
+    rng = random.Random(os.getpid() ^ time.time_ns())  # noqa: S311 - load, not keys
     op, warm, close = _open_op(job, rng)
     stop_warming = time.monotonic() + WARMUP_SECONDS
     for _ in range(WARMUP_OPS):
@@ -768,19 +773,6 @@ class _Children:
                     else:
                         sel.unregister(key.fd)
                         self.closed.add(key.fd)
-
-    def end(self) -> None:
-        """Kill children still running, reap them all, close the pipes."""
-        for pid in self.pids:
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-        for fd in self.fds:
-            os.close(fd)
-        self.pids.clear()
-        self.fds.clear()
 
     def end(self) -> None:
         """Kill children still running, reap them all, close the pipes."""
