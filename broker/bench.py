@@ -123,9 +123,7 @@ class Job:
     side: str  # "broker" or "direct"
     seconds: float
     target: Target
-    rows: int
-    stream_rows: int
-    timeout: float
+    settings: Settings
 
 
 @dataclass
@@ -331,20 +329,28 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
     version = _make_fixture(connect_args, settings)
     cleanup.callback(_drop_fixture, connect_args)
     endpoint = settings.endpoint
-    broker_pid = None
     if endpoint is None:
         endpoint = f"ipc://{tmp}/bench.sock"
         proc = _start_broker(tmp, endpoint, dsn, settings)
         cleanup.callback(_stop_broker, proc)
     target_client = client.Client(endpoint=endpoint, timeout=settings.timeout)
     stats = _broker_stats(target_client, settings.pool, whole=True)
-    broker_pid = stats["pid"]
+    broker_pid = _local_broker_pid(stats["pid"])
+    try:
+        seen = target_client.query(f"SELECT COUNT(*) FROM {ACCOUNTS}").scalar()
+    except client.Error as err:
+        seen = err
+    if seen != settings.rows:
+        raise BenchError(
+            f"through the broker, {ACCOUNTS} holds {seen!r} rows, not "
+            f"{settings.rows}: is its pool on the same database as --dsn?"
+        )
     pool_stats = stats["pools"][settings.pool]
     where = (
         connect_args["unix_socket"] or f"{connect_args['host']}:{connect_args['port']}"
     )
     about = (
-        f"broker bench: {version} at {where}; broker pid {broker_pid} pool "
+        f"broker bench: {version} at {where}; broker pid {stats['pid']} pool "
         f"{settings.pool!r} max_size {pool_stats['max_size']}; {os.cpu_count()} CPUs; "
         f"{settings.rounds} x {settings.duration / settings.rounds:g} s per side "
         "per cell, interleaved"
@@ -393,7 +399,7 @@ def _make_fixture(connect_args: dict, settings: Settings) -> str:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION()")
-            version = f"MySQL {cur.fetchone()[0]}"
+            version = cur.fetchone()[0]
             try:
                 cur.execute("SELECT COUNT(*) FROM seq_1_to_1")
                 has_sequence = True
@@ -534,6 +540,15 @@ def _broker_stats(c: client.Client, pool: str, *, whole: bool = False) -> dict:
     return stats if whole else stats["pools"][pool]
 
 
+def _local_broker_pid(pid: int) -> int | None:
+    """Return pid if it is a broker on this host, else None (no CPU figures)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None  # another host, or another pid namespace
+    return pid if b"broker" in cmdline else None
+
+
 def _cpu_seconds(pid: int | None) -> float | None:
     """Return user+system CPU seconds of pid from /proc, or None if unreadable."""
     if pid is None:
@@ -554,9 +569,9 @@ def _open_op(
     job: Job, rng: random.Random
 ) -> tuple[Callable[[], int], Callable[[], object], Callable[[], None]]:
     """Return (op, warm-up op, close) for this child; op returns rows or 1."""
-    rows = job.rows
+    rows = job.settings.rows
     if job.side == "direct":
-        conn = _connect(job.target.connect_args, job.timeout)
+        conn = _connect(job.target.connect_args, job.settings.timeout)
         cur = conn.cursor()
 
         def run(sql: str, params: tuple | None = None) -> int:
@@ -615,7 +630,7 @@ def _open_op(
         txn(list(zip(TXN_SQL, params, strict=True)))
         return 1
 
-    n = job.stream_rows
+    n = job.settings.stream_rows
 
     def stream_all() -> int:
         count = total = 0
@@ -804,7 +819,7 @@ def _run(job: Job, n: int) -> RunResult:
         go = memoryview(_GO.pack(start) * n)
         while go:
             go = go[os.write(go_w, go) :]
-        report_by = start + job.seconds + job.timeout + REPORT_GRACE
+        report_by = start + job.seconds + job.settings.timeout + REPORT_GRACE
         reports = children.collect(b"D", report_by, "report")
         cpu_after = _cpu_seconds(job.target.broker_pid) if broker else None
     finally:
@@ -852,15 +867,7 @@ def _cell(
         order = ("broker", "direct") if round_ % 2 == 0 else ("direct", "broker")
         for side in order:
             progress.update(f"{label}: {side}, round {round_ + 1}/{settings.rounds}")
-            job = Job(
-                scenario,
-                side,
-                seconds,
-                target,
-                settings.rows,
-                settings.stream_rows,
-                settings.timeout,
-            )
+            job = Job(scenario, side, seconds, target, settings)
             runs[side].append(_run(job, n))
     row: dict = {
         "scenario": scenario,
@@ -988,4 +995,6 @@ def format_table(rows: list[dict], about: str = "") -> str:
             "range, stream: qps is rows/s and broker µs/q is per 1,000 rows; "
             "stream runs one client"
         )
+    if any(row["scenario"] == "txn" for row in rows):
+        out.append("txn: qps and broker µs/q count whole transactions")
     return "\n".join(out)

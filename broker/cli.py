@@ -67,7 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except SandboxError as err:
             print(f"broker: cannot start the sandbox MariaDB: {err}", file=sys.stderr)
             return EXIT_FAIL
-        sandbox_dsn = sandbox.dsn()
+        # The unix socket: cheaper per statement than TCP loopback.
+        sandbox_dsn = f"{sandbox.dsn()}&unix_socket={sandbox.unix_socket}"
         config = config.with_sandbox_dsn(sandbox_dsn)
 
     def reload() -> Config:

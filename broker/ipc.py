@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import zmq
 
+from broker.worker import POLLIN, POLLOUT
 from client import zmtp
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,17 @@ _SOCKET_TYPES = (b"DEALER", b"REQ")
 class Peer:
     """One client connection: handshake, frames in, replies out."""
 
-    __slots__ = ("_handle", "_out", "_poller", "_reader", "_stage", "closed", "fd", "sock")
+    __slots__ = (
+        "_handle",
+        "_multipart",
+        "_out",
+        "_poller",
+        "_reader",
+        "_stage",
+        "closed",
+        "fd",
+        "sock",
+    )
 
     def __init__(
         self,
@@ -51,10 +62,11 @@ class Peer:
         self._handle = handle
         self._reader = zmtp.FrameReader(max_frame)
         self._stage = 0  # 0: greeting expected, 1: READY expected, 2: messages
+        self._multipart: bytes | None = None  # first frame of a refused multipart
         self._out = b""
         self.closed = False
         sock.setblocking(False)
-        poller.register(self.fd, zmq.POLLIN)
+        poller.register(self.fd, POLLIN)
         self.write(zmtp.greeting() + zmtp.ready(b"ROUTER"))
 
     def __repr__(self) -> str:
@@ -87,8 +99,13 @@ class Peer:
                     self._command(body)
                 elif self._stage != 2:
                     raise zmtp.ZmtpError("message before READY")
-                elif flags & zmtp.MORE:
-                    self._skip_multipart()
+                elif flags & zmtp.MORE or self._multipart is not None:
+                    # Remember the first frame: its request id addresses the refusal.
+                    if self._multipart is None:
+                        self._multipart = body
+                    if not flags & zmtp.MORE:
+                        first, self._multipart = self._multipart, None
+                        self._handle(self, first, "a request must be a single frame")
                 else:
                     self._handle(self, body, None)
         except zmtp.ZmtpError as err:
@@ -100,19 +117,14 @@ class Peer:
         name, props = zmtp.parse_command(body)
         if name == b"READY":
             if props.get(b"socket-type") not in _SOCKET_TYPES:
-                raise zmtp.ZmtpError(f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER")
+                raise zmtp.ZmtpError(
+                    f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER"
+                )
             self._stage = 2
         elif name == b"PING":
             # Heartbeat (ZMTP 3.1): answer PONG with the ping's context.
             context = body[1 + body[0] + 2 :]
             self.write(zmtp.encode_frame(b"\x04PONG" + context, command=True))
-
-    def _skip_multipart(self) -> None:
-        """Drop the rest of a multi-frame message and tell the sender why."""
-        while (frame := self._reader.next()) is not None:
-            if not frame[0] & zmtp.MORE:
-                break
-        self._handle(self, b"", "a request must be a single frame")
 
     def write(self, data: bytes) -> None:
         """Send data now if the socket takes it, else keep it for POLLOUT."""
@@ -120,7 +132,9 @@ class Peer:
             return
         if self._out:
             if len(self._out) + len(data) > MAX_OUTPUT_BYTES:
-                log.warning("ipc peer fd %d is not reading its replies; disconnecting", self.fd)
+                log.warning(
+                    "ipc peer fd %d is not reading its replies; disconnecting", self.fd
+                )
                 self.close()
                 return
             self._out += data
@@ -134,7 +148,7 @@ class Peer:
             return
         if sent < len(data):
             self._out = data[sent:]
-            self._poller.modify(self.fd, zmq.POLLIN | zmq.POLLOUT)
+            self._poller.modify(self.fd, POLLIN | POLLOUT)
 
     def flush(self) -> None:
         """Write buffered output now that the socket is writable."""
@@ -147,7 +161,7 @@ class Peer:
             return
         self._out = self._out[sent:]
         if not self._out:
-            self._poller.modify(self.fd, zmq.POLLIN)
+            self._poller.modify(self.fd, POLLIN)
 
     def close(self) -> None:
         """Forget the connection."""
@@ -176,7 +190,7 @@ class Listener:
         sock.setblocking(False)
         self.sock = sock
         self.fd = sock.fileno()
-        poller.register(self.fd, zmq.POLLIN)
+        poller.register(self.fd, POLLIN)
         self._poller = poller
 
     def accept(self) -> list[socket.socket]:

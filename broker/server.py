@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +32,7 @@ import zmq
 from broker import __version__, statement
 from broker.config import Config, ConfigError, needs_restart
 from broker.connector import Connector, Outcome, setup_statements
+from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics
 from broker.pool import MAX_QUEUE, Pool
 from broker.scanner import IN_TRANS
@@ -41,6 +41,8 @@ from broker.worker import (
     COM_PING,
     COM_QUERY,
     COM_RESET_CONNECTION,
+    POLLIN,
+    POLLOUT,
     State,
     Worker,
     error_from_packets,
@@ -59,6 +61,7 @@ from client.protocol import (
     encode_reply,
     peek_req_id,
 )
+from client.zmtp import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,9 @@ KILL_GRACE = 5.0  # a cancelled statement still running after this: drop the con
 ROUTER_BATCH = 256  # requests taken per wake-up before MySQL sockets get a turn
 HARD_LIMIT_FACTOR = 4  # libzmq drops (unanswered) frames over this x max_message_bytes
 ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
+
+
+PeerId = bytes | Peer  # a ROUTER routing id, or a native ipc connection
 
 
 class Request:
@@ -90,7 +96,7 @@ class Request:
     )
 
     def __init__(
-        self, peer: bytes, req_id: int, op: int, pool: Pool | None, pin: int, body: Any
+        self, peer: PeerId, req_id: int, op: int, pool: Pool | None, pin: int, body: Any
     ) -> None:
         self.peer = peer
         self.req_id = req_id
@@ -162,11 +168,11 @@ class Server:
             zmq.MAXMSGSIZE, config.broker.max_message_bytes * HARD_LIMIT_FACTOR
         )
         self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.router, POLLIN)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.poller.register(self._wake_r, POLLIN)
         self.connector = Connector(self._wake_w)
         self.pools: dict[str, Pool] = {
             name: Pool(cfg, self.connector) for name, cfg in config.pools.items()
@@ -174,7 +180,8 @@ class Server:
         self._workers: dict[int, Worker] = {}
         self.pins: dict[int, Pin] = {}
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
-        self._ipc_paths: list[str] = []
+        self._listeners: dict[int, Listener] = {}
+        self._peers: dict[int, Peer] = {}
         self._stop = False
         self.draining = False
         self._drain_deadline = 0.0
@@ -196,37 +203,18 @@ class Server:
     # Setup and teardown ---------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind every endpoint; ipc socket files get socket_mode before any connect."""
-        mode = self.config.broker.socket_mode
+        """Listen on every endpoint: ipc natively, anything else on the ROUTER."""
         for endpoint in self.config.broker.endpoint:
             if endpoint.startswith("ipc://"):
-                path = endpoint[len("ipc://") :]
-                self._prepare_ipc_path(path)
-                old_umask = os.umask(0o777 & ~mode)
-                try:
-                    self.router.bind(endpoint)
-                finally:
-                    os.umask(old_umask)
-                os.chmod(path, mode)
-                self._ipc_paths.append(path)
+                listener = Listener(
+                    endpoint[len("ipc://") :],
+                    self.config.broker.socket_mode,
+                    self.poller,
+                )
+                self._listeners[listener.fd] = listener
             else:
                 self.router.bind(endpoint)
             log.info("listening on %s", endpoint)
-
-    @staticmethod
-    def _prepare_ipc_path(path: str) -> None:
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale file of a broker that died
-            else:
-                raise OSError(f"another broker is already listening on {path}")
-            finally:
-                probe.close()
 
     def start_pools(self) -> None:
         """Open every pool's min_size connections in the background."""
@@ -238,14 +226,13 @@ class Server:
         for worker in list(self._workers.values()):
             worker.close()
         self._workers.clear()
+        for peer in list(self._peers.values()):
+            peer.close()
+        for listener in self._listeners.values():
+            listener.close()
         self.connector.shutdown()
         self.router.close(linger=0)
         self._ctx.term()
-        for path in self._ipc_paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass  # already gone: nothing to clean
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.notifier.close()
@@ -274,30 +261,53 @@ class Server:
     def _loop(self) -> None:
         poll = self.poller.poll
         router = self.router
-        workers = self._workers
+        workers, peers = self._workers, self._peers
         while not self._stop:
             for sock, event in poll(TICK * 1000):
                 if sock is router:
                     self._drain_router()
+                elif (peer := peers.get(sock)) is not None:
+                    if event & POLLOUT:
+                        peer.flush()
+                    if event & POLLIN:
+                        peer.on_readable()
+                        if peer.closed:
+                            del peers[sock]
+                elif (worker := workers.get(sock)) is not None:
+                    if event & POLLOUT:
+                        worker.flush()
+                    if event & POLLIN and worker.state is not State.CLOSED:
+                        worker.on_readable()
                 elif sock == self._wake_r:
                     self._on_wake()
-                else:
-                    worker = workers.get(sock)
-                    if worker is None:
-                        continue
-                    if event & zmq.POLLOUT:
-                        worker.flush()
-                    if event & zmq.POLLIN and worker.state is not State.CLOSED:
-                        worker.on_readable()
+                elif (listener := self._listeners.get(sock)) is not None:
+                    self._accept(listener)
             now = time.monotonic()
             if now >= self._next_tick:
                 self._tick(now)
+
+    def _accept(self, listener: Listener) -> None:
+        limit = self.config.broker.max_message_bytes * HARD_LIMIT_FACTOR
+        for conn in listener.accept():
+            peer = Peer(conn, self.poller, self._on_peer_message, limit)
+            if not peer.closed:
+                self._peers[peer.fd] = peer
+
+    def _on_peer_message(
+        self, peer: Peer, frame: bytes | None, problem: str | None
+    ) -> None:
+        if problem is None:
+            self._handle(peer, frame)  # type: ignore[arg-type]
+        elif frame is None:
+            self.metrics.dropped_frames += 1  # protocol broken: the peer is dropped
+        else:
+            self._refuse(peer, frame, problem)
 
     def _drain_router(self) -> None:
         router = self.router
         recv = router.recv
         for _ in range(ROUTER_BATCH):
-            if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not router.getsockopt(zmq.EVENTS) & POLLIN:
                 return
             peer = recv()
             frame = recv()
@@ -310,7 +320,7 @@ class Server:
 
     # Requests ---------------------------------------------------------------------
 
-    def _handle(self, peer: bytes, frame: bytes) -> None:
+    def _handle(self, peer: PeerId, frame: bytes) -> None:
         self.metrics.requests += 1
         if len(frame) > self.config.broker.max_message_bytes:
             self._refuse(
@@ -362,7 +372,11 @@ class Server:
             self._handlers[op](req)
 
     def _refuse(
-        self, peer: bytes, frame: bytes, problem: str, code: int = errors.ER_BAD_REQUEST
+        self,
+        peer: PeerId,
+        frame: bytes,
+        problem: str,
+        code: int = errors.ER_BAD_REQUEST,
     ) -> None:
         """Answer a request the protocol cannot accept, or drop it if it names no id."""
         req_id = peek_req_id(frame)
@@ -378,7 +392,13 @@ class Server:
             errors.to_wire(errors.InterfaceError(code, problem)),
         )
 
-    def _send(self, peer: bytes, req_id: int, status: int, body: Any) -> None:
+    def _send(self, peer: PeerId, req_id: int, status: int, body: Any) -> None:
+        if type(peer) is Peer:
+            if peer.closed:
+                self.metrics.dropped_frames += 1
+            else:
+                peer.write(encode_frame(encode_reply(req_id, status, body)))
+            return
         try:
             self.router.send(peer, zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(encode_reply(req_id, status, body), zmq.NOBLOCK)

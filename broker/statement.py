@@ -10,20 +10,15 @@ oddly written statements count as writes that dirty the session: the safe side.
 
 from __future__ import annotations
 
+import re
+
 READS = frozenset(
     {b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"}
 )
 # Statements that leave nothing in the session unless they mention a variable
 # or a lock: plain reads and plain DML.
 CLEAN = READS | frozenset({b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"DO"})
-_STATEFUL_MARKS = (
-    b"@",
-    b"GET_LOCK",
-    b"get_lock",
-    b"Get_lock",
-    b"LAST_INSERT_ID(",
-    b"last_insert_id(",
-)
+_STATEFUL = re.compile(rb"@|get_lock|last_insert_id\s*\(", re.IGNORECASE)
 
 
 def first_word(sql: bytes) -> bytes:
@@ -44,4 +39,4 @@ def leaves_session_clean(sql: bytes) -> bool:
     """Return whether the connection can serve another caller without a reset."""
     if first_word(sql) not in CLEAN:
         return False
-    return not any(mark in sql for mark in _STATEFUL_MARKS)
+    return _STATEFUL.search(sql) is None

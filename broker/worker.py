@@ -30,6 +30,8 @@ from client import errors
 
 log = logging.getLogger(__name__)
 
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)  # plain ints: IntFlag ops are slow
+
 COM_QUIT = b"\x01"
 COM_QUERY = b"\x03"
 COM_PING = b"\x0e"
@@ -86,12 +88,12 @@ class Worker:
         self._in = bytearray()
         self._out = b""
         self._done: Done | None = None
-        self._events = zmq.POLLIN
-        poller.register(self.fd, zmq.POLLIN)
+        self._events = POLLIN
+        poller.register(self.fd, POLLIN)
 
     def _watch(self) -> None:
         """Poll for reading unless a chunk is out; for writing while output waits."""
-        events = (0 if self.paused else zmq.POLLIN) | (zmq.POLLOUT if self._out else 0)
+        events = (0 if self.paused else POLLIN) | (POLLOUT if self._out else 0)
         if events != self._events:
             self._events = events
             self._poller.modify(self.fd, events)

@@ -1,36 +1,50 @@
-"""One DEALER socket per process and thread: requests, ids, timeouts, fork.
+"""One connection to the broker per process and thread: requests, ids, timeouts, fork.
 
 A `Transport` belongs to the process and thread that made it. After ``fork()``
-the child builds its own context and sockets and never touches (not even
-closes) what it inherited: libzmq state copied by fork is not safe to use, and
-closing it could disturb the parent. Abandoned objects are parked in
-`_INHERITED` so the garbage collector never finalises them in the child.
+the child builds its own and never touches (not even closes) what it
+inherited: libzmq state copied by fork is not safe to use, and closing it could
+disturb the parent. Abandoned objects are parked in `_INHERITED` so the garbage
+collector never finalises them in the child.
 
-Timeouts follow the ZeroMQ guide's Lazy Pirate pattern: when no reply comes
-in time, the socket is closed (linger 0) and a fresh one is made for the next
-call, so a queued request can never be delivered later and a late reply can
-never meet a later request. Request ids are checked all the same.
+Two links speak the same ZeroMQ protocol (ZMTP 3.0, DEALER to the broker's
+ROUTER): ipc:// endpoints use a plain unix socket in the calling thread
+(`client.zmtp`), which saves libzmq's I/O-thread hand-offs on the hot local
+path; tcp:// endpoints use a pyzmq DEALER.
+
+Timeouts follow the ZeroMQ guide's Lazy Pirate pattern: when no reply comes in
+time, the connection is closed and a fresh one made for the next call, so a
+stale request can never be delivered later and a late reply can never meet a
+later request. Request ids are checked all the same.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import select
+import socket
 import threading
 import time
 from typing import Any
 
 import zmq
 
-from client import errors, protocol
+from client import errors, protocol, zmtp
 
 GRACE = 2.0  # extra wait past the deadline for the broker's QueryTimeout reply
 RECONNECT_IVL_MS = 50  # retry a vanished broker quickly: restarts take ~1 s
+CONNECT_RETRY = 0.05  # seconds between attempts while the broker's socket is absent
+RECV_BYTES = 65536
+MAX_REPLY_BYTES = 2**40  # replies are trusted; the limit only guards against garbage
 
 _lock = threading.Lock()
 _context: zmq.Context | None = None
 _context_pid = 0
 _INHERITED: list[Any] = []
+
+
+class _Timeout(Exception):
+    """The deadline passed before the link could finish."""
 
 
 def context() -> zmq.Context:
@@ -55,42 +69,182 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _StreamLink:
+    """ZMTP over a unix socket, driven in the caller's thread.
+
+    The socket stays non-blocking and waits go through poll(): socket
+    timeouts would cost two fcntl() calls each time they change.
+    """
+
+    def __init__(self, path: str, deadline: float) -> None:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() + CONNECT_RETRY > deadline:
+                    raise _Timeout from None
+                time.sleep(CONNECT_RETRY)
+            except OSError:
+                sock.close()
+                raise
+        sock.setblocking(False)
+        self.sock = sock
+        self._readable = select.poll()
+        self._readable.register(sock, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
+        self._reader = zmtp.FrameReader(MAX_REPLY_BYTES)
+        try:
+            self._write(zmtp.greeting() + zmtp.ready(b"DEALER"), deadline)
+            greeting = self._read_exact(zmtp.GREETING_SIZE, deadline)
+            zmtp.check_greeting(greeting)
+            flags, body = self._next_frame(deadline)
+            if not flags & zmtp.COMMAND or zmtp.parse_command(body)[0] != b"READY":
+                raise zmtp.ZmtpError("broker did not send READY")
+        except BaseException:
+            sock.close()
+            raise
+
+    def stale(self) -> bool:
+        """Whether the broker closed this connection since the last call."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def send(self, frame: bytes, deadline: float) -> None:
+        self._write(zmtp.encode_frame(frame), deadline)
+
+    def recv(self, deadline: float) -> bytes:
+        while True:
+            flags, body = self._next_frame(deadline)
+            if not flags & zmtp.COMMAND:
+                return body
+
+    @staticmethod
+    def _wait(poller: select.poll, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(max(1, int(left * 1000))):
+            raise _Timeout
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        while True:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._wait(self._writable, deadline)
+
+    def _fill(self, deadline: float) -> None:
+        self._wait(self._readable, deadline)
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ConnectionResetError("broker closed the connection")
+        self._reader.feed(data)
+
+    def _next_frame(self, deadline: float) -> tuple[int, bytes]:
+        while (frame := self._reader.next()) is None:
+            self._fill(deadline)
+        return frame
+
+    def _read_exact(self, size: int, deadline: float) -> bytes:
+        while (data := self._reader.take(size)) is None:
+            self._fill(deadline)
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _ZmqLink:
+    """A pyzmq DEALER socket."""
+
+    def __init__(self, endpoint: str) -> None:
+        sock = context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Queue nothing for a broker that is not connected: a send then waits
+        # (bounded by SNDTIMEO) instead of piling up stale requests.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.connect(endpoint)
+        self.sock = sock
+
+    def stale(self) -> bool:
+        return False  # libzmq reconnects by itself
+
+    def send(self, frame: bytes, deadline: float) -> None:
+        self.sock.setsockopt(
+            zmq.SNDTIMEO, max(1, int((deadline - time.monotonic()) * 1000))
+        )
+        try:
+            self.sock.send(frame)
+        except zmq.Again:
+            raise _Timeout from None
+
+    def recv(self, deadline: float) -> bytes:
+        self.sock.setsockopt(
+            zmq.RCVTIMEO, max(1, int((deadline - time.monotonic()) * 1000))
+        )
+        try:
+            return self.sock.recv()
+        except zmq.Again:
+            raise _Timeout from None
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
 class Transport:
-    """A DEALER socket to the broker, used by one thread of one process."""
+    """The connection to the broker used by one thread of one process."""
 
     def __init__(self, endpoint: str) -> None:
         self.pid = os.getpid()
         self.thread = threading.get_ident()
         self._endpoint = endpoint
+        self._ipc_path = (
+            endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+        )
         self._ids = itertools.count(1)
-        self._sock: zmq.Socket | None = None
-        self._rcvtimeo = -2
+        self._link: _StreamLink | _ZmqLink | None = None
 
     def __del__(self) -> None:
-        if self._sock is not None:
+        if self._link is not None:
             if self.pid == os.getpid():
-                self._sock.close(linger=0)
+                self._link.close()
             else:
-                _INHERITED.append(self._sock)
+                _INHERITED.append(self._link)
 
-    def _socket(self) -> zmq.Socket:
-        sock = self._sock
-        if sock is None:
-            sock = context().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            # Queue nothing for a broker that is not connected: a send then
-            # waits (bounded by SNDTIMEO) instead of piling up stale requests.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.connect(self._endpoint)
-            self._sock, self._rcvtimeo = sock, -2
-        return sock
+    def _connect(self, deadline: float) -> _StreamLink | _ZmqLink:
+        link = self._link
+        if link is not None and link.stale():
+            # The broker went away between calls (a restart): nothing was sent
+            # on this connection, so a fresh one is safe.
+            self.reset()
+            link = None
+        if link is None:
+            if self._ipc_path is not None:
+                link = _StreamLink(self._ipc_path, deadline)
+            else:
+                link = _ZmqLink(self._endpoint)
+            self._link = link
+        return link
 
     def reset(self) -> None:
-        """Drop the socket; the next call makes a fresh one."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        """Drop the connection; the next call makes a fresh one."""
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     def call(
         self,
@@ -120,37 +274,31 @@ class Transport:
         """Send a request and forget it; its reply is dropped as a late one."""
         frame = protocol.encode_request(next(self._ids), op, pool, GRACE, pin, None)
         try:
-            self._socket().send(frame, zmq.NOBLOCK)
-        except zmq.ZMQError:
+            self._connect(time.monotonic() + 0.1).send(frame, time.monotonic() + 0.1)
+        except (_Timeout, OSError, zmq.ZMQError, zmtp.ZmtpError):
             pass  # no broker: it frees what the request would have freed by timeout
 
     def exchange(self, req_id: int, frame: bytes, wait: float) -> tuple[int, Any]:
         """Send an encoded request and wait up to wait seconds for its reply."""
-        sock = self._socket()
         deadline = time.monotonic() + wait
-        wait_ms = max(1, int(wait * 1000))
-        if self._rcvtimeo != wait_ms:
-            sock.setsockopt(zmq.SNDTIMEO, wait_ms)
-            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-            self._rcvtimeo = wait_ms
         try:
-            sock.send(frame)
+            link = self._connect(deadline)
+            link.send(frame, deadline)
             while True:
-                reply = sock.recv()
-                rid, status, body = protocol.decode_reply(reply)
+                rid, status, body = protocol.decode_reply(link.recv(deadline))
                 if rid == req_id:
                     return status, body
                 # A late reply to a request abandoned earlier: drop it.
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise zmq.Again
-                sock.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)))
-                self._rcvtimeo = -2
-        except zmq.Again:
+        except (_Timeout, OSError, zmtp.ZmtpError, zmq.ZMQError) as err:
             self.reset()
+            why = "" if isinstance(err, _Timeout) else f" ({err})"
+            if isinstance(err, PermissionError):
+                why = (
+                    f" (no permission on {self._ipc_path}: is this user in its group?)"
+                )
+            msg = f"no reply from the broker at {self._endpoint} within {wait:.1f} s"
             raise errors.BrokerUnavailable(
-                errors.ER_BROKER_UNAVAILABLE,
-                f"no reply from the broker at {self._endpoint} within {wait:.1f} s",
+                errors.ER_BROKER_UNAVAILABLE, msg + why
             ) from None
         except protocol.ProtocolError as err:
             self.reset()

@@ -135,7 +135,9 @@ class FrameReader:
             size = buf[pos + 1]
             start = pos + 2
         if size > self.max_size:
-            raise ZmtpError(f"frame of {size} bytes exceeds the limit of {self.max_size}")
+            raise ZmtpError(
+                f"frame of {size} bytes exceeds the limit of {self.max_size}"
+            )
         end = start + size
         if end > len(buf):
             return None
