@@ -76,3 +76,112 @@ class BrokerMetrics:
             "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
             "started": self.started,
         }
+
+
+class Exporter:
+    """Serves the latest stats snapshot as Prometheus metrics over HTTP.
+
+    The HTTP server runs in its own thread; the I/O loop hands it a fresh
+    snapshot every upkeep pass (an atomic reference swap), so a scrape never
+    reads state the loop is changing.
+    """
+
+    def __init__(self, address: str) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        host, _, port = address.rpartition(":")
+        self._snapshot: dict[str, Any] = {}
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        self._server, self._thread = start_http_server(
+            int(port),
+            addr=host.strip("[]"),
+            registry=registry,
+        )
+
+    def update(self, stats: dict[str, Any]) -> None:
+        """Publish a new snapshot (the `stats` dict)."""
+        self._snapshot = stats
+
+    def collect(self) -> Any:
+        """Yield metric families for the latest snapshot (prometheus_client API)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self._snapshot
+        if not stats:
+            return
+        info = GaugeMetricFamily("broker_info", "Broker version.", labels=["version"])
+        info.add_metric([stats["version"]], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "broker_uptime_seconds", "Seconds since start.", stats["uptime_s"]
+        )
+        for key, help_text in (
+            ("requests", "Requests received."),
+            ("bad_requests", "Requests refused as malformed or misaddressed."),
+            ("dropped_frames", "Frames dropped unanswered."),
+        ):
+            yield CounterMetricFamily(f"broker_{key}", help_text, stats[key])
+        conns = GaugeMetricFamily(
+            "broker_pool_connections",
+            "MySQL connections by state.",
+            labels=["pool", "state"],
+        )
+        gauges = {
+            "waiting": GaugeMetricFamily(
+                "broker_pool_waiting_requests",
+                "Requests queued for a connection.",
+                labels=["pool"],
+            ),
+            "max_size": GaugeMetricFamily(
+                "broker_pool_max_connections", "The pool's max_size.", labels=["pool"]
+            ),
+        }
+        latency = GaugeMetricFamily(
+            "broker_pool_latency_seconds",
+            "Request latency in the broker over a recent window.",
+            labels=["pool", "quantile"],
+        )
+        counters = {
+            key: CounterMetricFamily(f"broker_pool_{key}", help_text, labels=["pool"])
+            for key, help_text in _POOL_COUNTERS.items()
+        }
+        for name, pool in stats["pools"].items():
+            for state in ("idle", "busy", "pinned", "opening"):
+                conns.add_metric([name, state], pool[state])
+            for key, family in gauges.items():
+                family.add_metric([name], pool[key])
+            for key, family in counters.items():
+                family.add_metric([name], pool[key])
+            for q in ("p50", "p99"):
+                latency.add_metric([name, f"0.{q[1:]}"], pool["latency_ms"][q] / 1000)
+        yield conns
+        yield from gauges.values()
+        yield latency
+        yield from counters.values()
+        pins = GaugeMetricFamily("broker_pins", "Open pins by kind.", labels=["kind"])
+        kinds = collections.Counter(pin["kind"] for pin in stats["pins"])
+        for kind in ("transaction", "session", "stream"):
+            pins.add_metric([kind], kinds[kind])
+        yield pins
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+_POOL_COUNTERS = {
+    "served": "Requests answered with a result or MySQL's own error.",
+    "failed": "Requests answered with a broker-side error.",
+    "sql_errors": "MySQL error packets forwarded.",
+    "query_timeouts": "Statements cancelled or never sent at their deadline.",
+    "pool_timeouts": "Requests refused after queue_timeout.",
+    "opened": "MySQL connections opened.",
+    "connect_failures": "Failed attempts to open a MySQL connection.",
+    "lost": "MySQL connections that died.",
+    "recycled": "MySQL connections closed by lifetime, uses, idle time or reload.",
+    "resets": "Session resets (COM_RESET_CONNECTION).",
+    "pings": "Health checks of idle connections.",
+    "abandoned": "Pins (transactions, sessions, streams) freed after going silent.",
+}

@@ -33,7 +33,7 @@ from broker import __version__, statement
 from broker.config import Config, ConfigError, needs_restart
 from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
-from broker.metrics import BrokerMetrics
+from broker.metrics import BrokerMetrics, Exporter
 from broker.pool import MAX_QUEUE, Pool
 from broker.scanner import IN_TRANS
 from broker.systemd import Notifier
@@ -180,6 +180,7 @@ class Server:
         self._workers: dict[int, Worker] = {}
         self.pins: dict[int, Pin] = {}
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._exporter: Exporter | None = None
         self._listeners: dict[int, Listener] = {}
         self._peers: dict[int, Peer] = {}
         self._stop = False
@@ -215,6 +216,9 @@ class Server:
             else:
                 self.router.bind(endpoint)
             log.info("listening on %s", endpoint)
+        if self.config.broker.metrics_address:
+            self._exporter = Exporter(self.config.broker.metrics_address)
+            log.info("metrics on http://%s/metrics", self.config.broker.metrics_address)
 
     def start_pools(self) -> None:
         """Open every pool's min_size connections in the background."""
@@ -230,6 +234,8 @@ class Server:
             peer.close()
         for listener in self._listeners.values():
             listener.close()
+        if self._exporter is not None:
+            self._exporter.close()
         self.connector.shutdown()
         self.router.close(linger=0)
         self._ctx.term()
@@ -1027,6 +1033,8 @@ class Server:
                     self._close_stream(pin, reason)
                 else:
                     self._unpin(pin, reason, reset=True)
+        if self._exporter is not None:
+            self._exporter.update(self.stats())
         if not self._ready and all(
             len(p.workers) >= p.config.min_size or p.last_error is not None
             for p in self.pools.values()

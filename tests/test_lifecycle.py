@@ -153,3 +153,44 @@ def test_password_on_the_command_line_is_refused(broker_dir):
     assert out.returncode == 2
     assert "password_file" in out.stderr
     assert "secret" not in out.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_prometheus_metrics_move_when_queries_run(make_broker):
+    port = _free_port()
+    b = make_broker(max_size=4, broker={"metrics_address": f"127.0.0.1:{port}"})
+    c = b.client()
+    time.sleep(0.7)
+    before = _scrape(port)
+    for i in range(25):
+        c.query("SELECT %s", (i,))
+    time.sleep(0.7)
+    after = _scrape(port)
+    served = 'broker_pool_served_total{pool="default"}'
+    assert after[served] - before[served] >= 25
+    assert after['broker_pool_connections{pool="default",state="idle"}'] >= 1
+    assert after['broker_pool_max_connections{pool="default"}'] == 4
+    assert 'broker_info{version="0.1.0"}' in after
