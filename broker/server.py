@@ -1124,6 +1124,10 @@ class Server:
                 "reload: %s changed but needs a restart; keeping the old value", key
             )
         logging.getLogger().setLevel(new.broker.log_level.upper())
+        # New connections take the new size limit; existing ones keep theirs.
+        self.router.setsockopt(
+            zmq.MAXMSGSIZE, new.broker.max_message_bytes * HARD_LIMIT_FACTOR
+        )
         for name, cfg in new.pools.items():
             pool = self.pools.get(name)
             if pool is None:
