@@ -118,9 +118,10 @@ def _print_banner(config: Config, sandbox: object | None) -> None:
         )
     hint = f"BROKER_ENDPOINT={endpoint} " if endpoint != _default_endpoint() else ""
     log.info(
-        "try from another shell: %spython -c 'import client; "
+        "try from another shell: %s%s -c 'import client; "
         'print(client.query("SELECT VERSION()").scalar())\'',
         hint,
+        sys.executable,
     )
 
 
