@@ -194,6 +194,7 @@ class Server:
             Op.PING: self._op_ping,
             Op.HELLO: self._op_hello,
             Op.STATS: self._op_stats,
+            Op.CANCEL: self._op_cancel,
             Op.QUERY: self._op_acquire,
             Op.EXECUTEMANY: self._op_acquire,
             Op.BEGIN: self._op_acquire,
@@ -346,7 +347,7 @@ class Server:
         if pin:
             pin_obj = self.pins.get(pin)
             pool = pin_obj.pool if pin_obj is not None else None
-        elif op not in (Op.PING, Op.STATS):
+        elif op not in (Op.PING, Op.STATS, Op.CANCEL):
             pool = self.pools.get(pool_name)
             if pool is None or pool.retired:
                 self.metrics.bad_requests += 1
@@ -428,6 +429,23 @@ class Server:
 
     def _op_stats(self, req: Request) -> None:
         self._send(req.peer, req.req_id, Status.VALUE, self.stats())
+
+    def _op_cancel(self, req: Request) -> None:
+        """Cancel the sender's running request whose id the body names (KILL QUERY)."""
+        target = req.body
+        for worker in self._workers.values():
+            running = worker.request
+            if running is None and worker.pin is not None:
+                running = worker.pin.request
+            if (
+                running is not None
+                and running.req_id == target
+                and running.peer == req.peer
+            ):
+                self._cancel(worker, time.monotonic(), "cancelled by the client")
+                self._send(req.peer, req.req_id, Status.VALUE, True)
+                return
+        self._send(req.peer, req.req_id, Status.VALUE, False)
 
     def _op_hello(self, req: Request) -> None:
         pool = req.pool
@@ -926,7 +944,7 @@ class Server:
 
     # Deadlines and cancellation ------------------------------------------------------
 
-    def _cancel(self, worker: Worker, now: float) -> None:
+    def _cancel(self, worker: Worker, now: float, reason: str = "") -> None:
         """Stop the statement a worker runs: answer its caller and KILL QUERY."""
         if worker.cancelling:
             return
@@ -939,11 +957,12 @@ class Server:
             req, pin.request = pin.request, None
         if req is not None:
             worker.pool.metrics.query_timeouts += 1
+            why = reason or f"deadline of {req.timeout:.3f} s passed"
             self._fail(
                 req,
                 errors.QueryTimeout(
                     errors.ER_QUERY_TIMEOUT,
-                    f"statement cancelled after {req.timeout:.3f} s (KILL QUERY sent)",
+                    f"statement cancelled: {why} (KILL QUERY sent)",
                 ),
             )
         self.connector.kill(

@@ -304,7 +304,21 @@ class Transport:
             self.reset()
             raise errors.InterfaceError(errors.ER_BAD_REQUEST, str(err)) from err
         except BaseException:
-            # Interrupted (KeyboardInterrupt, a signal): the reply may still come
-            # and must not meet the next request, so start over on a new socket.
+            # Interrupted (KeyboardInterrupt, a signal): ask the broker to cancel
+            # the statement; its reply must not meet the next request, so start
+            # over on a new connection.
+            self._send_cancel(req_id)
             self.reset()
             raise
+
+    def _send_cancel(self, req_id: int) -> None:
+        link = self._link
+        if link is None:
+            return
+        frame = protocol.encode_request(
+            next(self._ids), protocol.Op.CANCEL, "", GRACE, 0, req_id
+        )
+        try:
+            link.send(frame, time.monotonic() + 0.1)
+        except (_Timeout, OSError, zmq.ZMQError):
+            pass  # the broker's deadline still stops the statement

@@ -163,3 +163,27 @@ def test_read_on_a_connection_killed_mid_statement_is_an_operational_error(
     assert not isinstance(exc.value, client.OutcomeUnknown)
     assert exc.value.errno == 2013
     assert c.query("SELECT 1").scalar() == 1
+
+
+def test_interrupted_call_cancels_its_statement(make_broker, direct):
+    import signal as _signal
+
+    b = make_broker(max_size=1)
+    c = b.client()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = _signal.signal(_signal.SIGALRM, interrupt)
+    try:
+        _signal.setitimer(_signal.ITIMER_REAL, 0.4)
+        with pytest.raises(KeyboardInterrupt):
+            c.query("SELECT SLEEP(10), 'bk-interrupted'")
+    finally:
+        _signal.signal(_signal.SIGALRM, old)
+    deadline = time.monotonic() + 3
+    while _processlist(direct, "%bk-interrupted%") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processlist(direct, "%bk-interrupted%") == ()
+    assert c.query("SELECT 1").scalar() == 1
+    assert c.stats()["pools"]["default"]["query_timeouts"] == 1
