@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -141,6 +142,15 @@ def _endpoint(key: str, value: str) -> str:
     return value
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _host_port(key: str, value: object) -> str:
     text = _text(key, value)
     host, _, port = text.rpartition(":")
@@ -174,7 +184,8 @@ class PoolConfig:
     init_sql: tuple[str, ...] = ()  # live; applies to new connections
     query_timeout: float = 30.0  # live
     transaction_idle_timeout: float = 60.0  # live
-    read_only: bool = False  # live; extension, not yet enforced
+    read_only: bool = False  # new connections; SET SESSION TRANSACTION READ ONLY
+    allowed_keys: tuple[str, ...] = ()  # live; tcp client public keys (z85); () = all
     password: str | None = field(default=None, repr=False)  # like password_file
     host: str | None = field(default=None, init=False)
     port: int = field(default=3306, init=False)
@@ -203,6 +214,7 @@ class PoolConfig:
             "transaction_idle_timeout": lambda k, v: _seconds(k, v, positive=True),
             "init_sql": _strings,
             "read_only": _bool,
+            "allowed_keys": _strings,
         }
         for name, check in checks.items():
             object.__setattr__(self, name, check(key + name, getattr(self, name)))
@@ -275,6 +287,11 @@ class BrokerConfig:
     drain_timeout: float = 30.0  # live
     metrics_address: str | None = None  # restart; "host:port", None = no exporter
     log_level: str = "info"  # live; extension: debug, info, warning or error
+    socket_group: str | None = None  # restart; group owning ipc socket files
+    max_inflight_per_client: int = 256  # live; per client process; 0 = no limit
+    curve_secret_key: str | None = None  # restart; `broker keygen` secret key file
+    curve_authorized_keys: str | None = None  # restart; directory of client .key files
+    allow_insecure_tcp: bool = False  # restart; plain tcp on a non-loopback address
 
     def __post_init__(self) -> None:
         endpoints = _strings("broker.endpoint", self.endpoint)
@@ -307,6 +324,26 @@ class BrokerConfig:
                 f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}",
             )
         object.__setattr__(self, "log_level", level.lower())
+        _int("broker.max_inflight_per_client", self.max_inflight_per_client, 0)
+        _bool("broker.allow_insecure_tcp", self.allow_insecure_tcp)
+        for key in ("socket_group", "curve_secret_key", "curve_authorized_keys"):
+            if getattr(self, key) is not None:
+                _text(f"broker.{key}", getattr(self, key))
+        if (self.curve_secret_key is None) != (self.curve_authorized_keys is None):
+            raise _error(
+                "broker.curve_secret_key",
+                "curve_secret_key and curve_authorized_keys go together",
+            )
+        for ep in endpoints:
+            if ep.startswith("tcp://") and not self.curve_secret_key:
+                host = ep[len("tcp://") :].rpartition(":")[0].strip("[]")
+                if not _loopback(host) and not self.allow_insecure_tcp:
+                    raise _error(
+                        "broker.endpoint",
+                        f"{ep} is reachable from other hosts without encryption: set "
+                        "curve_secret_key and curve_authorized_keys (`broker keygen`), "
+                        "or allow_insecure_tcp = true",
+                    )
 
 
 @dataclass(frozen=True)
@@ -679,7 +716,15 @@ def _build_broker(values: dict) -> BrokerConfig:
 
 # -- reload and explanation ----------------------------------------------------
 
-_RESTART_KEYS = ("endpoint", "socket_mode", "metrics_address")
+_RESTART_KEYS = (
+    "endpoint",
+    "socket_mode",
+    "metrics_address",
+    "socket_group",
+    "curve_secret_key",
+    "curve_authorized_keys",
+    "allow_insecure_tcp",
+)
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:

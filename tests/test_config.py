@@ -440,8 +440,8 @@ def test_durations_accept_integers_as_float_seconds(tmp_path):
 
 
 def test_endpoint_accepts_a_string_or_a_list(tmp_path):
-    one = load_text(tmp_path, "[broker]\nendpoint = 'tcp://*:5555'\n")
-    assert one.broker.endpoint == ("tcp://*:5555",)
+    one = load_text(tmp_path, "[broker]\nendpoint = 'tcp://127.0.0.1:5555'\n")
+    assert one.broker.endpoint == ("tcp://127.0.0.1:5555",)
     many = load_text(
         tmp_path,
         "[broker]\nendpoint = ['ipc:///run/b.sock', 'tcp://[::1]:5555', 'inproc://t']\n",
@@ -746,3 +746,14 @@ def test_load_does_not_read_the_real_environment(monkeypatch):
     assert load(environ={}).sandbox is True
     assert load().pools["default"].user == "real"
     assert os.environ["BROKER_DSN"] == "mysql://real@h/db"
+
+
+def test_plain_tcp_off_loopback_needs_curve_or_the_flag(tmp_path):
+    with pytest.raises(ConfigError, match="allow_insecure_tcp"):
+        load_text(tmp_path, "[broker]\nendpoint = 'tcp://*:5555'\n")
+    ok = load_text(
+        tmp_path, "[broker]\nendpoint = 'tcp://*:5555'\nallow_insecure_tcp = true\n"
+    )
+    assert ok.broker.allow_insecure_tcp is True
+    with pytest.raises(ConfigError, match="go together"):
+        load_text(tmp_path, "[broker]\ncurve_secret_key = '/k'\n")
