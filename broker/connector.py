@@ -21,6 +21,8 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT
 
+from broker.config import PoolConfig
+
 log = logging.getLogger(__name__)
 
 THREADS = 4  # concurrent connects: a cold start of several pools, plus a kill
@@ -38,13 +40,16 @@ class Outcome:
     tag: Any = None  # the kill's worker, to release it when both are done
 
 
-def setup_statements(init_sql: tuple[str, ...]) -> list[str]:
+def setup_statements(pool: PoolConfig) -> list[str]:
     """Return the statements every new or reset connection runs, in order.
 
     autocommit is explicit because a reset restores the server's global
     default, which an operator may have set to 0.
     """
-    return ["SET autocommit=1", *init_sql]
+    first = "SET autocommit=1"
+    if pool.read_only:
+        first += ", SESSION TRANSACTION READ ONLY"
+    return [first, *pool.init_sql]
 
 
 class Connector:
@@ -62,24 +67,24 @@ class Connector:
         except BlockingIOError:
             pass  # the pipe is full, so the loop is already due to wake
 
-    def open(self, pool: str, connect_args: dict, init_sql: tuple[str, ...]) -> None:
+    def open(self, pool: PoolConfig) -> None:
         """Open a connection for pool in the background."""
-        self._executor.submit(self._open, pool, connect_args, init_sql)
+        self._executor.submit(self._open, pool)
 
-    def _open(self, pool: str, connect_args: dict, init_sql: tuple[str, ...]) -> None:
+    def _open(self, pool: PoolConfig) -> None:
         try:
             conn = pymysql.connect(
-                **connect_args,
+                **pool.connect_args(),
                 autocommit=True,
                 client_flag=CLIENT.MULTI_RESULTS,
             )
             with conn.cursor() as cur:
-                for sql in setup_statements(init_sql):
+                for sql in setup_statements(pool):
                     cur.execute(sql)
         except Exception as err:  # any failure is reported to the loop, not raised
-            self._report(Outcome("open", pool, error=err))
+            self._report(Outcome("open", pool.name, error=err))
             return
-        self._report(Outcome("open", pool, conn=conn))
+        self._report(Outcome("open", pool.name, conn=conn))
 
     def kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
         """Run KILL QUERY for thread_id from a short-lived extra connection."""

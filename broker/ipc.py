@@ -15,6 +15,7 @@ peer that stops reading is disconnected, not buffered for without end).
 from __future__ import annotations
 
 import errno
+import grp
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ class Peer:
         "_poller",
         "_reader",
         "_stage",
+        "client",
         "closed",
         "fd",
         "sock",
@@ -64,6 +66,7 @@ class Peer:
         self._stage = 0  # 0: greeting expected, 1: READY expected, 2: messages
         self._multipart: bytes | None = None  # first frame of a refused multipart
         self._out = b""
+        self.client: tuple[str, int] | None = None  # (host, pid) the client announced
         self.closed = False
         sock.setblocking(False)
         poller.register(self.fd, POLLIN)
@@ -121,6 +124,9 @@ class Peer:
                     f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER"
                 )
             self._stage = 2
+            pid, host = props.get(b"x-pid", b""), props.get(b"x-host", b"")
+            if pid.isdigit():
+                self.client = (host.decode(errors="replace"), int(pid))
         elif name == b"PING":
             # Heartbeat (ZMTP 3.1): answer PONG with the ping's context.
             context = body[1 + body[0] + 2 :]
@@ -175,8 +181,11 @@ class Peer:
 class Listener:
     """A listening unix socket for one ipc:// endpoint."""
 
-    def __init__(self, path: str, mode: int, poller: zmq.Poller) -> None:
+    def __init__(
+        self, path: str, mode: int, group: str | None, poller: zmq.Poller
+    ) -> None:
         self.path = path
+        _check_directory(os.path.dirname(path) or ".")
         _clear_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # umask first, so the file never exists with looser permissions.
@@ -186,6 +195,13 @@ class Listener:
         finally:
             os.umask(old_umask)
         os.chmod(path, mode)
+        if group is not None:
+            try:
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            except (KeyError, PermissionError) as err:
+                sock.close()
+                os.unlink(path)
+                raise OSError(f"cannot give {path} to group {group!r}: {err}") from err
         sock.listen(BACKLOG)
         sock.setblocking(False)
         self.sock = sock
@@ -218,9 +234,23 @@ class Listener:
             pass  # already gone: nothing to clean
 
 
+def _check_directory(directory: str) -> None:
+    """Refuse a socket directory where others could swap the socket for theirs."""
+    os.makedirs(directory, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_mode & 0o002 and not st.st_mode & 0o1000:
+        raise OSError(
+            f"{directory} is world-writable: put the socket in a private directory"
+        )
+    if st.st_uid not in (0, os.geteuid()):
+        raise OSError(
+            f"{directory} belongs to uid {st.st_uid}, not to root or this user "
+            f"(uid {os.geteuid()}): put the socket in a directory you own"
+        )
+
+
 def _clear_stale(path: str) -> None:
     """Remove a socket file left by a dead broker; refuse to steal a live one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if not os.path.exists(path):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -115,9 +115,7 @@ class Pool:
             self.opening == 0 or self.last_error is None
         ):
             self.opening += 1
-            self._connector.open(
-                self.name, self.config.connect_args(), self.config.init_sql
-            )
+            self._connector.open(self.config)
 
     def opened(self, worker: Worker) -> None:
         """Adopt a newly opened worker."""

@@ -72,6 +72,7 @@ KILL_GRACE = 5.0  # a cancelled statement still running after this: drop the con
 ROUTER_BATCH = 256  # requests taken per wake-up before MySQL sockets get a turn
 HARD_LIMIT_FACTOR = 4  # libzmq drops (unanswered) frames over this x max_message_bytes
 ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
+_UNCOUNTED = frozenset({Op.PING, Op.STATS, Op.CANCEL})  # never refused: liveness
 
 
 PeerId = bytes | Peer  # a ROUTER routing id, or a native ipc connection
@@ -82,6 +83,7 @@ class Request:
 
     __slots__ = (
         "body",
+        "client",
         "deadline",
         "index",
         "op",
@@ -104,6 +106,7 @@ class Request:
         self.pool = pool
         self.pin = pin
         self.body = body
+        self.client: Any = None  # the key counted in Server._inflight, until answered
         self.received = time.monotonic()
         self.deadline = 0.0
         self.timeout = 0.0
@@ -179,6 +182,9 @@ class Server:
         }
         self._workers: dict[int, Worker] = {}
         self.pins: dict[int, Pin] = {}
+        self._inflight: dict[
+            Any, int
+        ] = {}  # requests per client process, until answered
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._exporter: Exporter | None = None
         self._listeners: dict[int, Listener] = {}
@@ -211,6 +217,7 @@ class Server:
                 listener = Listener(
                     endpoint[len("ipc://") :],
                     self.config.broker.socket_mode,
+                    self.config.broker.socket_group,
                     self.poller,
                 )
                 self._listeners[listener.fd] = listener
@@ -373,10 +380,37 @@ class Server:
             self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, problem))
             self.metrics.bad_requests += 1
             return
+        if op not in _UNCOUNTED and not self._count_in(req):
+            return
         if pin:
             self._op_pinned(req)
         else:
             self._handlers[op](req)
+
+    def _count_in(self, req: Request) -> bool:
+        """Count a request against its client's in-flight limit; refuse the excess."""
+        peer = req.peer
+        client = (peer.client or peer) if type(peer) is Peer else peer
+        count = self._inflight.get(client, 0)
+        limit = self.config.broker.max_inflight_per_client
+        if limit and count >= limit:
+            who = (
+                f"pid {client[1]} on {client[0]}"
+                if type(client) is tuple
+                else "this client"
+            )
+            self._fail(
+                req,
+                errors.OperationalError(
+                    errors.ER_TOO_MANY_INFLIGHT,
+                    f"{who} already has {count} requests running or queued "
+                    f"(max_inflight_per_client = {limit}); refused",
+                ),
+            )
+            return False
+        self._inflight[client] = count + 1
+        req.client = client
+        return True
 
     def _refuse(
         self,
@@ -413,22 +447,34 @@ class Server:
             # ROUTER_MANDATORY: the peer is gone or not reading. Count it.
             self.metrics.dropped_frames += 1
 
-    def _reply(self, req: Request, status: int, body: Any) -> None:
+    def _answer(self, req: Request, status: int, body: Any) -> None:
+        """Send a request's one reply, and count it out of its client's in-flight."""
+        client = req.client
+        if client is not None:
+            req.client = None
+            left = self._inflight[client] - 1
+            if left:
+                self._inflight[client] = left
+            else:
+                del self._inflight[client]
         self._send(req.peer, req.req_id, status, body)
+
+    def _reply(self, req: Request, status: int, body: Any) -> None:
+        self._answer(req, status, body)
         if req.pool is not None:
             req.pool.metrics.latencies.append(time.monotonic() - req.received)
             req.pool.metrics.served += 1
 
     def _fail(self, req: Request, err: errors.Error) -> None:
-        self._send(req.peer, req.req_id, Status.ERROR, errors.to_wire(err))
+        self._answer(req, Status.ERROR, errors.to_wire(err))
         if req.pool is not None:
             req.pool.metrics.failed += 1
 
     def _op_ping(self, req: Request) -> None:
-        self._send(req.peer, req.req_id, Status.VALUE, __version__)
+        self._answer(req, Status.VALUE, __version__)
 
     def _op_stats(self, req: Request) -> None:
-        self._send(req.peer, req.req_id, Status.VALUE, self.stats())
+        self._answer(req, Status.VALUE, self.stats())
 
     def _op_cancel(self, req: Request) -> None:
         """Cancel the sender's running request whose id the body names (KILL QUERY)."""
@@ -443,9 +489,9 @@ class Server:
                 and running.peer == req.peer
             ):
                 self._cancel(worker, time.monotonic(), "cancelled by the client")
-                self._send(req.peer, req.req_id, Status.VALUE, True)
+                self._answer(req, Status.VALUE, True)
                 return
-        self._send(req.peer, req.req_id, Status.VALUE, False)
+        self._answer(req, Status.VALUE, False)
 
     def _op_hello(self, req: Request) -> None:
         pool = req.pool
@@ -453,7 +499,7 @@ class Server:
         if pool.info is None:
             self._op_acquire(req)  # learn the server's status from a connection
             return
-        self._send(req.peer, req.req_id, Status.VALUE, self._pool_info(pool))
+        self._answer(req, Status.VALUE, self._pool_info(pool))
 
     def _pool_info(self, pool: Pool) -> dict[str, Any]:
         info = pool.info or {}
@@ -548,7 +594,7 @@ class Server:
             worker.send(COM_QUERY + req.body[0], self._batch_done, req.deadline)
         elif op == Op.HELLO:
             worker.request = None
-            self._send(req.peer, req.req_id, Status.VALUE, self._pool_info(worker.pool))
+            self._answer(req, Status.VALUE, self._pool_info(worker.pool))
             self._release(worker)
         elif op == Op.BEGIN:
             req.steps = _begin_statements(req.body)
@@ -556,7 +602,7 @@ class Server:
         elif op == Op.SESSION_OPEN:
             worker.request = None
             pin = self._pin(worker, "session", req.body.get("who"))
-            self._send(req.peer, req.req_id, Status.VALUE, pin.id)
+            self._answer(req, Status.VALUE, pin.id)
         elif op == Op.STREAM_OPEN:
             sql, chunk_rows, who = req.body
             pin = self._pin(worker, "stream", who)
@@ -637,7 +683,7 @@ class Server:
             return
         worker.request = None
         pin = self._pin(worker, "transaction", req.body.get("who"))
-        self._send(req.peer, req.req_id, Status.VALUE, pin.id)
+        self._answer(req, Status.VALUE, pin.id)
 
     def _end_done(
         self, worker: Worker, data: bytes | None, err: errors.Error | None
@@ -810,7 +856,7 @@ class Server:
                 )
             return
         if op == Op.SESSION_CLOSE:
-            self._send(req.peer, req.req_id, Status.VALUE, None)
+            self._answer(req, Status.VALUE, None)
             self._unpin(pin, "session closed")
             return
         worker.state = State.BUSY
@@ -819,7 +865,7 @@ class Server:
     def _stream_op(self, pin: Pin, req: Request) -> None:
         worker = pin.worker
         if req.op == Op.STREAM_CLOSE:
-            self._send(req.peer, req.req_id, Status.VALUE, None)
+            self._answer(req, Status.VALUE, None)
             self._close_stream(pin, "stream closed by the client")
             return
         if pin.request is not None or not worker.paused:
@@ -884,8 +930,7 @@ class Server:
         worker.dirty = False
         worker.pool.metrics.resets += 1
         steps = [COM_RESET_CONNECTION] + [
-            COM_QUERY + sql.encode()
-            for sql in setup_statements(worker.pool.config.init_sql)
+            COM_QUERY + sql.encode() for sql in setup_statements(worker.pool.config)
         ]
         worker.request = None
         worker.reset_steps = steps

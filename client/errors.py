@@ -107,6 +107,7 @@ ER_UNKNOWN_POOL = 2905
 ER_BAD_PIN = 2906
 ER_WRONG_OWNER = 2907
 ER_TOO_LARGE = 2908
+ER_TOO_MANY_INFLIGHT = 2909
 CR_SERVER_LOST = 2013  # pymysql's "Lost connection to MySQL server during query"
 
 

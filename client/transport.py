@@ -41,6 +41,7 @@ _lock = threading.Lock()
 _context: zmq.Context | None = None
 _context_pid = 0
 _INHERITED: list[Any] = []
+_HOST = socket.gethostname().encode()
 
 
 class _Timeout(Exception):
@@ -98,7 +99,9 @@ class _StreamLink:
         self._writable.register(sock, select.POLLOUT)
         self._reader = zmtp.FrameReader(MAX_REPLY_BYTES)
         try:
-            self._write(zmtp.greeting() + zmtp.ready(b"DEALER"), deadline)
+            # Who we are, so the broker can bound one process's requests.
+            me = {b"X-Pid": str(os.getpid()).encode(), b"X-Host": _HOST}
+            self._write(zmtp.greeting() + zmtp.ready(b"DEALER", me), deadline)
             greeting = self._read_exact(zmtp.GREETING_SIZE, deadline)
             zmtp.check_greeting(greeting)
             flags, body = self._next_frame(deadline)

@@ -60,10 +60,14 @@ def encode_frame(body: bytes, more: bool = False, command: bool = False) -> byte
     return bytes((flags | LONG,)) + _long.pack(size) + body
 
 
-def ready(socket_type: bytes) -> bytes:
-    """Return the READY command frame announcing socket_type (b"DEALER"...)."""
-    prop = b"\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
-    return encode_frame(b"\x05READY" + prop, command=True)
+def ready(socket_type: bytes, metadata: dict[bytes, bytes] | None = None) -> bytes:
+    """Return the READY command frame: socket type plus "X-" metadata properties."""
+    props = {b"Socket-Type": socket_type, **(metadata or {})}
+    body = b"".join(
+        bytes((len(name),)) + name + struct.pack(">I", len(value)) + value
+        for name, value in props.items()
+    )
+    return encode_frame(b"\x05READY" + body, command=True)
 
 
 def parse_command(body: bytes) -> tuple[bytes, dict[bytes, bytes]]:
