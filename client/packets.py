@@ -15,7 +15,6 @@ from typing import Any
 
 import pymysql
 from pymysql.connections import MySQLResult
-from pymysql.constants import SERVER_STATUS
 from pymysql.cursors import Cursor
 from pymysql.protocol import MysqlPacket
 
@@ -23,7 +22,7 @@ from client import errors
 from client.result import Result
 
 _MAX_PACKET_LEN = 0xFFFFFF
-_header = struct.Struct("<HBB")
+COLUMN_CACHE_SIZE = 256  # distinct result shapes remembered per codec
 
 
 class _Recorder(Cursor):
@@ -43,6 +42,35 @@ class _Recorder(Cursor):
             sql = sql.encode(self.connection.encoding)
         self.statements.append(bytes(sql))
         return 0
+
+
+class _Result(MySQLResult):
+    """pymysql's result reader, remembering column definitions it has parsed.
+
+    A point select returns the same column definitions every time, and parsing
+    them is about half of pymysql's work for a one-row result; their raw bytes
+    are the key, so a cached entry is exactly what parsing would give.
+    """
+
+    def _get_descriptions(self) -> None:
+        conn = self.connection
+        data, start = conn._data, conn._pos
+        end = start
+        for _ in range(self.field_count + 1):  # the definitions, then their EOF
+            if end + 4 > len(data):
+                super()._get_descriptions()  # split across chunks: parse as usual
+                return
+            end += 4 + int.from_bytes(data[end : end + 3], "little")
+        key = data[start:end]
+        cached = conn._columns.get(key)
+        if cached is None:
+            super()._get_descriptions()
+            if len(conn._columns) >= COLUMN_CACHE_SIZE:
+                conn._columns.clear()
+            conn._columns[key] = (self.fields, self.converters, self.description)
+        else:
+            self.fields, self.converters, self.description = cached
+            conn._pos = end
 
 
 class Codec(pymysql.connections.Connection):
@@ -66,6 +94,7 @@ class Codec(pymysql.connections.Connection):
         self._refill = refill
         self._data = b""
         self._pos = 0
+        self._columns: dict[bytes, tuple] = {}  # raw column definitions -> parsed
         self._cursor = Cursor(self)
 
     def render(self, sql: str, params: Sequence | dict | None) -> bytes:
@@ -97,11 +126,11 @@ class Codec(pymysql.connections.Connection):
         """
         self._data, self._pos = packets, 0
         try:
-            first = MySQLResult(self)
+            first = _Result(self)
             first.read()
             more = first
             while more.has_next:
-                more = MySQLResult(self)
+                more = _Result(self)
                 more.read()
         except pymysql.MySQLError as err:
             raise errors.from_pymysql(err) from err
@@ -116,37 +145,27 @@ class Codec(pymysql.connections.Connection):
     def open_stream(self, packets: bytes) -> MySQLResult:
         """Return an unbuffered pymysql result positioned at its first row."""
         self._data, self._pos = packets, 0
-        result = MySQLResult(self)
+        result = _Result(self)
         try:
             result.init_unbuffered_query()
         except pymysql.MySQLError as err:
             raise errors.from_pymysql(err) from err
         return result
 
-    @property
-    def no_backslash_escapes(self) -> bool:
-        """Whether the pool's SQL mode quotes strings without backslashes."""
-        return bool(
-            self.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
-        )
-
     def _read_packet(self, packet_type: type = MysqlPacket) -> MysqlPacket:
-        parts = []
-        while True:
-            if self._pos + 4 > len(self._data):
-                self._next_data()
-            low, high, _seq = _header.unpack_from(self._data, self._pos)
-            size = low + (high << 16)
-            start = self._pos + 4
-            self._pos = start + size
-            if self._pos > len(self._data):
-                raise errors.InternalError(0, "truncated result packet from broker")
-            parts.append(self._data[start : self._pos])
-            if size < _MAX_PACKET_LEN:
-                break
-        packet = packet_type(
-            parts[0] if len(parts) == 1 else b"".join(parts), self.encoding
-        )
+        data, pos = self._data, self._pos
+        if pos + 4 > len(data):
+            self._next_data()
+            data, pos = self._data, 0
+        size = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+        end = pos + 4 + size
+        if end > len(data):
+            raise errors.InternalError(0, "truncated result packet from broker")
+        self._pos = end
+        payload = data[pos + 4 : end]
+        if size == _MAX_PACKET_LEN:  # the payload continues in the next packet
+            payload += self._read_packet(MysqlPacket).get_all_data()
+        packet = packet_type(payload, self.encoding)
         if packet.is_error_packet():
             packet.raise_for_error()
         return packet
