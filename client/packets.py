@@ -9,7 +9,6 @@ send or return, this sends and returns: that is the whole point of the module.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
