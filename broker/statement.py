@@ -18,16 +18,14 @@ READS = frozenset(
 # Statements that leave nothing in the session unless they mention a variable
 # or a lock: plain reads and plain DML.
 CLEAN = READS | frozenset({b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"DO"})
+_FIRST_WORD = re.compile(rb"[\s(]*([A-Za-z]+)")
 _STATEFUL = re.compile(rb"@|get_lock|last_insert_id\s*\(", re.IGNORECASE)
 
 
 def first_word(sql: bytes) -> bytes:
     """Return the statement's first keyword in upper case (b"" when it has none)."""
-    head = sql[:32].lstrip(b" \t\r\n(")
-    end = 0
-    while end < len(head) and (65 <= head[end] <= 90 or 97 <= head[end] <= 122):
-        end += 1
-    return head[:end].upper()
+    match = _FIRST_WORD.match(sql)
+    return match.group(1).upper() if match else b""
 
 
 def is_read(sql: bytes) -> bool:
