@@ -46,10 +46,8 @@ def setup_statements(pool: PoolConfig) -> list[str]:
     autocommit is explicit because a reset restores the server's global
     default, which an operator may have set to 0.
     """
-    first = "SET autocommit=1"
-    if pool.read_only:
-        first += ", SESSION TRANSACTION READ ONLY"
-    return [first, *pool.init_sql]
+    readonly = ["SET SESSION TRANSACTION READ ONLY"] if pool.read_only else []
+    return ["SET autocommit=1", *readonly, *pool.init_sql]
 
 
 class Connector:
