@@ -212,6 +212,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a CurveZMQ key pair for the broker or one client."""
+    from zmq.auth import create_certificates
+
+    os.makedirs(args.dir, mode=0o700, exist_ok=True)
+    public, secret = create_certificates(args.dir, args.name)
+    os.chmod(secret, 0o600)
+    print(f"public key: {public}")
+    print(f"secret key: {secret} (keep it private)")
+    if args.name == "server":
+        print(f'broker.toml: curve_secret_key = "{secret}"')
+        print(f"clients: Client(server_key={public!r}, client_key=...)")
+    else:
+        print(
+            "authorise it: copy the public key into the broker's curve_authorized_keys"
+        )
+        print(f"this client: Client(..., client_key={secret!r}) or $BROKER_CLIENT_KEY")
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the broker beside direct pymysql connections."""
     from broker import bench
@@ -296,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flags(check)
     check.set_defaults(func=cmd_check_config)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a CurveZMQ key pair for tcp endpoints",
+        description="Write NAME.key (public) and NAME.key_secret into DIR. The broker "
+        "uses server.key_secret as curve_secret_key; each client gets its own pair, "
+        "and its public .key goes into the broker's curve_authorized_keys directory.",
+    )
+    keygen.add_argument("dir", metavar="DIR", help="where to write the key files")
+    keygen.add_argument(
+        "--name", default="server", help="file name stem (default server)"
+    )
+    keygen.set_defaults(func=cmd_keygen)
 
     bench = sub.add_parser(
         "bench",

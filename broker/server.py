@@ -187,6 +187,8 @@ class Server:
         ] = {}  # requests per client process, until answered
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._exporter: Exporter | None = None
+        self._curve = False
+        self._auth: Any = None  # the ZAP handler thread, with CurveZMQ
         self._listeners: dict[int, Listener] = {}
         self._peers: dict[int, Peer] = {}
         self._stop = False
@@ -212,6 +214,7 @@ class Server:
 
     def bind(self) -> None:
         """Listen on every endpoint: ipc natively, anything else on the ROUTER."""
+        self._secure_router()
         for endpoint in self.config.broker.endpoint:
             if endpoint.startswith("ipc://"):
                 listener = Listener(
@@ -227,6 +230,36 @@ class Server:
         if self.config.broker.metrics_address:
             self._exporter = Exporter(self.config.broker.metrics_address)
             log.info("metrics on http://%s/metrics", self.config.broker.metrics_address)
+
+    def _secure_router(self) -> None:
+        """Make the ROUTER a CurveZMQ server when keys are configured."""
+        cfg = self.config.broker
+        if cfg.curve_secret_key is None:
+            for endpoint in cfg.endpoint:
+                if endpoint.startswith("tcp://") and cfg.allow_insecure_tcp:
+                    log.warning(
+                        "%s serves plain tcp (allow_insecure_tcp): anyone who reaches "
+                        "it can run SQL as the pools' users",
+                        endpoint,
+                    )
+            return
+        from zmq.auth import load_certificate
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret = load_certificate(cfg.curve_secret_key)
+        if secret is None:
+            raise OSError(f"{cfg.curve_secret_key} holds no secret key")
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("broker.zap"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=cfg.curve_authorized_keys)
+        self.router.curve_secretkey = secret
+        self.router.curve_publickey = public
+        self.router.curve_server = True
+        self._curve = True
+        log.info(
+            "tcp endpoints use CurveZMQ; authorised keys in %s",
+            cfg.curve_authorized_keys,
+        )
 
     def start_pools(self) -> None:
         """Open every pool's min_size connections in the background."""
@@ -245,6 +278,8 @@ class Server:
         if self._exporter is not None:
             self._exporter.close()
         self.connector.shutdown()
+        if self._auth is not None:
+            self._auth.stop()
         self.router.close(linger=0)
         self._ctx.term()
         os.close(self._wake_r)
@@ -324,17 +359,23 @@ class Server:
             if not router.getsockopt(zmq.EVENTS) & POLLIN:
                 return
             peer = recv()
-            frame = recv()
+            key = None
+            if self._curve:
+                message = recv(copy=False)
+                frame, key = message.bytes, message.get("User-Id")
+            else:
+                frame = recv()
             if router.getsockopt(zmq.RCVMORE):
                 while router.getsockopt(zmq.RCVMORE):
                     recv()
                 self._refuse(peer, frame, "a request must be a single frame")
                 continue
-            self._handle(peer, frame)
+            self._handle(peer, frame, key)
 
     # Requests ---------------------------------------------------------------------
 
-    def _handle(self, peer: PeerId, frame: bytes) -> None:
+    def _handle(self, peer: PeerId, frame: bytes, key: str | None = None) -> None:
+        """Decode and route one request; key is the CurveZMQ client key (tcp)."""
         self.metrics.requests += 1
         if len(frame) > self.config.broker.max_message_bytes:
             self._refuse(
@@ -356,6 +397,15 @@ class Server:
             pool = pin_obj.pool if pin_obj is not None else None
         elif op not in (Op.PING, Op.STATS, Op.CANCEL):
             pool = self.pools.get(pool_name)
+            allowed = pool.config.allowed_keys if pool is not None else ()
+            if allowed and type(peer) is not Peer and key not in allowed:
+                self.metrics.bad_requests += 1
+                denied = errors.ProgrammingError(
+                    errors.ER_UNKNOWN_POOL,
+                    f"this client's key may not use pool {pool_name!r} (allowed_keys)",
+                )
+                self._send(peer, req_id, Status.ERROR, errors.to_wire(denied))
+                return
             if pool is None or pool.retired:
                 self.metrics.bad_requests += 1
                 self._send(

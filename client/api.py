@@ -32,6 +32,29 @@ def _env_endpoint() -> str:
     return os.environ.get("BROKER_ENDPOINT") or protocol.DEFAULT_ENDPOINT
 
 
+def _curve_keys(server_key: str | None, client_key: str | None) -> tuple | None:
+    """Return (server public, client public, client secret) for CurveZMQ, or None."""
+    if server_key is None and client_key is None:
+        return None
+    if server_key is None or client_key is None:
+        raise errors.InterfaceError(0, "CurveZMQ needs both server_key and client_key")
+    from zmq.auth import load_certificate
+
+    try:
+        if os.path.exists(server_key):
+            server_public = load_certificate(server_key)[0]
+        else:
+            server_public = server_key.encode()
+        public, secret = load_certificate(client_key)
+    except (OSError, ValueError) as err:
+        raise errors.InterfaceError(0, f"cannot load CurveZMQ keys: {err}") from err
+    if secret is None:
+        raise errors.InterfaceError(
+            0, f"{client_key} holds no secret key (.key_secret)"
+        )
+    return server_public, public, secret
+
+
 class Client:
     """A handle on the broker; holds ZeroMQ sockets, never a database socket.
 
@@ -41,6 +64,10 @@ class Client:
         timeout: default seconds each call waits; every call takes ``timeout=``.
         pool: the broker pool this client's statements run on.
         name: an optional label shown by ``broker status`` beside pid and host.
+        server_key: for tcp with CurveZMQ, the broker's public key (z85) or the
+            path of its ``.key`` file; default ``$BROKER_SERVER_KEY``.
+        client_key: the path of this client's ``.key_secret`` file from
+            ``broker keygen``; default ``$BROKER_CLIENT_KEY``.
     """
 
     def __init__(
@@ -50,10 +77,16 @@ class Client:
         pool: str = protocol.DEFAULT_POOL,
         *,
         name: str | None = None,
+        server_key: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         if not timeout > 0:
             raise errors.InterfaceError(0, f"timeout must be > 0, got {timeout!r}")
         self.endpoint = endpoint or _env_endpoint()
+        self._curve = _curve_keys(
+            server_key or os.environ.get("BROKER_SERVER_KEY"),
+            client_key or os.environ.get("BROKER_CLIENT_KEY"),
+        )
         self.timeout = float(timeout)
         self.pool = pool
         self.name = name
@@ -155,7 +188,7 @@ class Client:
         local = self._local
         transport = getattr(local, "transport", None)
         if transport is None or transport.pid != os.getpid():
-            transport = local.transport = Transport(self.endpoint)
+            transport = local.transport = Transport(self.endpoint, self._curve)
             local.codec = None
         return transport
 

@@ -173,8 +173,10 @@ class _StreamLink:
 class _ZmqLink:
     """A pyzmq DEALER socket."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: tuple | None) -> None:
         sock = context().socket(zmq.DEALER)
+        if curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
         sock.setsockopt(zmq.LINGER, 0)
         # Queue nothing for a broker that is not connected: a send then waits
         # (bounded by SNDTIMEO) instead of piling up stale requests.
@@ -211,8 +213,9 @@ class _ZmqLink:
 class Transport:
     """The connection to the broker used by one thread of one process."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: tuple | None = None) -> None:
         self.pid = os.getpid()
+        self._curve = curve
         self.thread = threading.get_ident()
         self._endpoint = endpoint
         self._ipc_path = (
@@ -239,7 +242,7 @@ class Transport:
             if self._ipc_path is not None:
                 link = _StreamLink(self._ipc_path, deadline)
             else:
-                link = _ZmqLink(self._endpoint)
+                link = _ZmqLink(self._endpoint, self._curve)
             self._link = link
         return link
 

@@ -66,7 +66,10 @@ class BrokerProcess:
         pools: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Write the TOML the broker reads (again on SIGHUP)."""
-        lines = ["[broker]", f"endpoint = {_toml_value(self.endpoint)}"]
+        # The ipc endpoint always comes first: the fixture waits on it.
+        broker = dict(broker)
+        endpoints = [self.endpoint, *broker.pop("endpoint", [])]
+        lines = ["[broker]", f"endpoint = {_toml_value(endpoints)}"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in broker.items()]
         all_pools = {"default": pool, **(pools or {})}
         for name, keys in all_pools.items():
