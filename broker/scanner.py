@@ -18,18 +18,16 @@ response (a CALL returns several).
 
 from __future__ import annotations
 
-import enum
-
 MAX_PACKET_LEN = 0xFFFFFF  # a payload this long continues in the next packet
 MORE_RESULTS_EXISTS = 0x0008
 IN_TRANS = 0x0001
 
 
-class _State(enum.Enum):
-    FIRST = 1  # expecting OK, ERR, LOCAL INFILE or a column count
-    COLUMNS = 2  # reading column definitions, then one EOF
-    ROWS = 3  # reading rows until EOF or ERR
-    DONE = 4  # the response is complete
+# States of a scan; plain ints because the loop runs once per packet.
+_FIRST = 1  # expecting OK, ERR, LOCAL INFILE or a column count
+_COLUMNS = 2  # reading column definitions, then one EOF
+_ROWS = 3  # reading rows until EOF or ERR
+_DONE = 4  # the response is complete
 
 
 def _lenenc(buf: bytearray, pos: int) -> tuple[int, int]:
@@ -59,7 +57,7 @@ class Scanner:
 
     def reset(self) -> None:
         """Prepare for the response to a new command."""
-        self._state = _State.FIRST
+        self._state = _FIRST
         self._columns = 0
         self._continued = False
         self.end = 0
@@ -70,67 +68,61 @@ class Scanner:
     @property
     def done(self) -> bool:
         """Whether the response is complete."""
-        return self._state is _State.DONE
+        return self._state == _DONE
 
     @property
     def in_rows(self) -> bool:
         """Whether the column definitions are behind and rows are being read."""
-        return self._state is _State.ROWS
+        return self._state == _ROWS
 
     @property
     def infile_request(self) -> bool:
         """Whether the server asked for a LOCAL INFILE, which the broker refuses."""
-        return self._state is _State.DONE and self.status == -1
+        return self._state == _DONE and self.status == -1
 
     def scan(self, buf: bytearray, row_limit: int = 0) -> bool:
         """Advance over whole packets in buf from ``end``; return whether done."""
         pos, size = self.end, len(buf)
-        state = self._state
-        while state is not _State.DONE and pos + 4 <= size:
+        state, rows, continued = self._state, self.rows, self._continued
+        while state != _DONE and pos + 4 <= size:
             length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
             nxt = pos + 4 + length
             if nxt > size:
                 break
-            if self._continued:
-                self._continued = length == MAX_PACKET_LEN
+            if continued:  # the tail of a payload of 16 MiB or more
+                continued = length == MAX_PACKET_LEN
                 pos = nxt
                 continue
-            self._continued = length == MAX_PACKET_LEN
+            continued = length == MAX_PACKET_LEN
             first = buf[pos + 4] if length else 0
-            if state is _State.ROWS:
+            if state == _ROWS:
                 if first == 0xFE and length < 9:
                     self.status = buf[pos + 7] | buf[pos + 8] << 8
-                    state = (
-                        _State.FIRST
-                        if self.status & MORE_RESULTS_EXISTS
-                        else _State.DONE
-                    )
+                    state = _FIRST if self.status & MORE_RESULTS_EXISTS else _DONE
                 elif first == 0xFF:
-                    self.error, state = True, _State.DONE
+                    self.error, state = True, _DONE
                 else:
-                    self.rows += 1
-                    if row_limit and self.rows >= row_limit:
+                    rows += 1
+                    if rows == row_limit:
                         pos = nxt
                         break
-            elif state is _State.COLUMNS:
+            elif state == _COLUMNS:
                 if self._columns:
                     self._columns -= 1
                 elif first == 0xFE:
-                    state = _State.ROWS
+                    state = _ROWS
             elif first == 0x00:
                 _, p = _lenenc(buf, pos + 5)
                 _, p = _lenenc(buf, p)
                 self.status = buf[p] | buf[p + 1] << 8
-                state = (
-                    _State.FIRST if self.status & MORE_RESULTS_EXISTS else _State.DONE
-                )
+                state = _FIRST if self.status & MORE_RESULTS_EXISTS else _DONE
             elif first == 0xFF:
-                self.error, state = True, _State.DONE
+                self.error, state = True, _DONE
             elif first == 0xFB:
-                self.status, state = -1, _State.DONE
+                self.status, state = -1, _DONE
             else:
                 self._columns, _ = _lenenc(buf, pos + 4)
-                state = _State.COLUMNS
+                state = _COLUMNS
             pos = nxt
-        self.end, self._state = pos, state
-        return state is _State.DONE
+        self.end, self._state, self.rows, self._continued = pos, state, rows, continued
+        return state == _DONE

@@ -1346,7 +1346,9 @@ def _begin_statements(body: dict) -> list[bytes]:
 
 def _check_body(op: int, pin: int, body: Any) -> str | None:
     """Return what is wrong with a request's body, or None; the body is untrusted."""
-    if op == Op.QUERY and (type(body) is not bytes or not body):
+    if op == Op.QUERY and type(body) is bytes and body:
+        return None  # the common case, first
+    if op == Op.QUERY:
         return "query body must be non-empty SQL bytes"
     if op == Op.EXECUTEMANY and (
         type(body) is not list

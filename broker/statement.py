@@ -19,7 +19,12 @@ READS = frozenset(
 # or a lock: plain reads and plain DML.
 CLEAN = READS | frozenset({b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"DO"})
 _FIRST_WORD = re.compile(rb"[\s(]*([A-Za-z]+)")
-_STATEFUL = re.compile(rb"@|get_lock|last_insert_id\s*\(", re.IGNORECASE)
+# One C-level match: a clean first keyword, and no stateful mark anywhere after.
+_CLEAN_STATEMENT = re.compile(
+    rb"[\s(]*(?:" + b"|".join(sorted(CLEAN)) + rb")\b"
+    rb"(?!.*(?:@|get_lock|last_insert_id\s*\())",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def first_word(sql: bytes) -> bytes:
@@ -35,6 +40,4 @@ def is_read(sql: bytes) -> bool:
 
 def leaves_session_clean(sql: bytes) -> bool:
     """Return whether the connection can serve another caller without a reset."""
-    if first_word(sql) not in CLEAN:
-        return False
-    return _STATEFUL.search(sql) is None
+    return _CLEAN_STATEMENT.match(sql) is not None
