@@ -48,7 +48,10 @@ class _Pinned:
     def _timeout_for(self, timeout: float | None) -> float | None:
         return self._timeout if timeout is None else timeout
 
-    def _query(self, sql: str, params: Params, timeout: float | None) -> Result:
+    def query(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> Result:
+        """Run one statement on the pinned connection."""
         self._check_owner()
         if not self.pin:
             raise errors.InterfaceError(
@@ -61,9 +64,10 @@ class _Pinned:
             self._client._call(Op.QUERY, timeout, self.pin, body, Status.PACKETS)
         )
 
-    def _executemany(
-        self, sql: str, seq_params: Iterable[Params], timeout: float | None
+    def executemany(
+        self, sql: str, seq_params: Iterable[Params], *, timeout: float | None = None
     ) -> Result:
+        """Run sql once per parameter set on the pinned connection."""
         self._check_owner()
         if not self.pin:
             raise errors.InterfaceError(
@@ -129,18 +133,6 @@ class Transaction(_Pinned):
         }
         self.pin = self._client._call(Op.BEGIN, self._timeout, 0, body, Status.VALUE)
 
-    def query(
-        self, sql: str, params: Params = None, *, timeout: float | None = None
-    ) -> Result:
-        """Run one statement inside the transaction."""
-        return self._query(sql, params, timeout)
-
-    def executemany(
-        self, sql: str, seq_params: Iterable[Params], *, timeout: float | None = None
-    ) -> Result:
-        """Run sql once per parameter set inside the transaction."""
-        return self._executemany(sql, seq_params, timeout)
-
     def commit(self, *, timeout: float | None = None) -> None:
         """Commit, and free the connection."""
         self._end(Op.COMMIT, timeout)
@@ -186,18 +178,6 @@ class Session(_Pinned):
         self.pin = self._client._call(
             Op.SESSION_OPEN, self._timeout, 0, body, Status.VALUE
         )
-
-    def query(
-        self, sql: str, params: Params = None, *, timeout: float | None = None
-    ) -> Result:
-        """Run one statement in the session."""
-        return self._query(sql, params, timeout)
-
-    def executemany(
-        self, sql: str, seq_params: Iterable[Params], *, timeout: float | None = None
-    ) -> Result:
-        """Run sql once per parameter set in the session."""
-        return self._executemany(sql, seq_params, timeout)
 
     def close(self, *, timeout: float | None = None) -> None:
         """End the session; the broker resets the connection before reuse."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 import client
 
@@ -161,6 +162,28 @@ class BrokerProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def rss_kb(pid: int) -> int:
+    """Return a process's resident memory in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@pytest.fixture
+def raw(broker: BrokerProcess) -> Iterator[zmq.Socket]:
+    """A plain pyzmq DEALER on the broker, for sending frames by hand."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(broker.endpoint)
+    yield sock
+    sock.close()
+    ctx.term()
 
 
 @pytest.fixture

@@ -8,18 +8,6 @@ import client
 from client.protocol import Op, Status
 
 
-@pytest.fixture
-def raw(broker):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.connect(broker.endpoint)
-    yield sock
-    sock.close()
-    ctx.term()
-
-
 def _reply(sock):
     return msgpack.unpackb(sock.recv(), raw=False)
 

@@ -6,21 +6,12 @@ import threading
 import time
 
 import msgpack
-import pytest
 import zmq
+from broker_fixtures import rss_kb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.protocol import Op, Status
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 scalars = st.one_of(
     st.none(),
@@ -69,18 +60,6 @@ ext_or_garbage = st.one_of(
 )
 
 
-@pytest.fixture
-def raw(broker):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.connect(broker.endpoint)
-    yield sock
-    sock.close()
-    ctx.term()
-
-
 def _drain(sock) -> int:
     got = 0
     while sock.poll(50):
@@ -118,14 +97,14 @@ def test_random_frames_get_replies_or_are_dropped_and_the_broker_lives(
 def test_fuzzing_leaves_memory_bounded_and_queries_working(broker, raw):
     with broker.client() as c:
         pid = c.stats()["pid"]
-        before = _rss_kb(pid)
+        before = rss_kb(pid)
         garbage = [os.urandom(n) for n in (1, 10, 100, 1000, 100_000)]
         for _ in range(200):
             for frame in garbage:
                 raw.send(frame)
         _drain(raw)
         time.sleep(0.3)
-        assert _rss_kb(pid) - before < 50 * 1024
+        assert rss_kb(pid) - before < 50 * 1024
         assert c.query("SELECT 1").scalar() == 1
         assert c.stats()["dropped_frames"] >= 1000
 
@@ -134,7 +113,7 @@ def test_flood_keeps_ping_answered_and_memory_bounded(make_broker):
     b = make_broker(max_size=2, queue_timeout=1, broker={"max_inflight_per_client": 0})
     with b.client() as watcher:
         pid = watcher.stats()["pid"]
-        before = _rss_kb(pid)
+        before = rss_kb(pid)
         stop = time.monotonic() + 3
         counts = {"ok": 0, "refused": 0}
 
@@ -167,7 +146,7 @@ def test_flood_keeps_ping_answered_and_memory_bounded(make_broker):
             time.sleep(0.1)
         for t in threads:
             t.join()
-        peak = _rss_kb(pid)
+        peak = rss_kb(pid)
         assert max(pings) < 1.0
         assert len(pings) >= 10  # one every 0.1 s, each well under a second
         assert counts["ok"] > 0

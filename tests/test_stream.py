@@ -4,22 +4,15 @@ import gc
 import time
 
 import pytest
+from broker_fixtures import rss_kb
 
 import client
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.timeout(180)
 def test_million_rows_stream_in_bounded_broker_memory(broker, db):
     pid = db.stats()["pid"]
-    before = _rss_kb(pid)
+    before = rss_kb(pid)
     count = total = 0
     peak = before
     start = time.perf_counter()
@@ -29,7 +22,7 @@ def test_million_rows_stream_in_bounded_broker_memory(broker, db):
         count += 1
         total += double - seq
         if count % 100_000 == 0:
-            peak = max(peak, _rss_kb(pid))
+            peak = max(peak, rss_kb(pid))
     elapsed = time.perf_counter() - start
     assert count == 1_000_000
     assert total == 1_000_000 * 1_000_001 // 2
