@@ -187,3 +187,18 @@ def test_interrupted_call_cancels_its_statement(make_broker, direct):
     assert _processlist(direct, "%bk-interrupted%") == ()
     assert c.query("SELECT 1").scalar() == 1
     assert c.stats()["pools"]["default"]["query_timeouts"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_idle_connection_is_health_checked_before_use(make_broker):
+    from broker.server import PING_AFTER_IDLE
+
+    b = make_broker(max_size=1)
+    c = b.client()
+    assert c.query("SELECT 1").scalar() == 1
+    pings = c.stats()["pools"]["default"]["pings"]
+    time.sleep(PING_AFTER_IDLE + 0.5)
+    assert c.query("SELECT 2").scalar() == 2
+    assert c.stats()["pools"]["default"]["pings"] == pings + 1
+    assert c.query("SELECT 3").scalar() == 3  # busy again: no second ping
+    assert c.stats()["pools"]["default"]["pings"] == pings + 1
