@@ -541,6 +541,20 @@ class Server:
                 self._cancel(worker, time.monotonic(), "cancelled by the client")
                 self._answer(req, Status.VALUE, True)
                 return
+        for pool in self.pools.values():
+            for queued in pool.queue:
+                if queued.req_id == target and queued.peer == req.peer:
+                    # Still waiting for a connection: it must never be sent.
+                    pool.queue.remove(queued)
+                    self._fail(
+                        queued,
+                        errors.QueryTimeout(
+                            errors.ER_QUERY_TIMEOUT,
+                            "statement cancelled by the client before it was sent",
+                        ),
+                    )
+                    self._answer(req, Status.VALUE, True)
+                    return
         self._answer(req, Status.VALUE, False)
 
     def _op_hello(self, req: Request) -> None:

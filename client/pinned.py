@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import pymysql
+
 from client import errors
 from client.protocol import Op, Status
 from client.result import Result
@@ -232,6 +234,9 @@ class Stream(_Pinned):
             self._open()
         try:
             row = self._result._read_rowdata_packet_unbuffered()
+        except pymysql.MySQLError as err:  # an error packet in mid-stream
+            self._finish()
+            raise errors.from_pymysql(err) from err
         except Exception:
             self._finish()
             raise

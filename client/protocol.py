@@ -67,7 +67,7 @@ class Op(enum.IntEnum):
     STREAM_OPEN = 11  # body [SQL bytes, chunk_rows, who]; reply CHUNK
     STREAM_NEXT = 12  # pin; body None; reply CHUNK
     STREAM_CLOSE = 13  # pin; body None; reply VALUE None; the pin ends
-    CANCEL = 14  # body: the req_id of this peer's running request; reply VALUE bool
+    CANCEL = 14  # body: req_id of this peer's running or queued request; VALUE bool
 
 
 class Status(enum.IntEnum):

@@ -138,7 +138,7 @@ class BrokerProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 40.0) -> int:
         """SIGTERM the broker and return its exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0

@@ -66,3 +66,15 @@ def test_abandoned_stream_times_out_like_a_transaction(make_broker):
     assert c.query("SELECT 9").scalar() == 9
     with pytest.raises(client.OperationalError, match="transaction_idle_timeout"):
         list(stream)
+
+
+def test_error_in_mid_stream_is_a_client_error(db):
+    with pytest.raises(client.OperationalError) as exc:
+        list(
+            db.stream(
+                "SELECT seq, (SELECT 1 UNION SELECT 2 FROM dual WHERE seq > 50) "
+                "FROM seq_1_to_100",
+                chunk_rows=10,
+            )
+        )
+    assert exc.value.errno == 1242
