@@ -88,6 +88,15 @@ class Peer:
             self.close()
             return
         reader = self._reader
+        if (
+            data[0] == 0
+            and len(data) == data[1] + 2
+            and self._stage == 2
+            and self._multipart is None
+            and reader.empty
+        ):
+            self._handle(self, data[2:], None)  # the usual case: one short request
+            return
         reader.feed(data)
         try:
             if self._stage == 0:
@@ -131,6 +140,23 @@ class Peer:
             # Heartbeat (ZMTP 3.1): answer PONG with the ping's context.
             context = body[1 + body[0] + 2 :]
             self.write(zmtp.encode_frame(b"\x04PONG" + context, command=True))
+
+    def write_frame(self, body: bytes) -> None:
+        """Send one message frame; large bodies go out without being copied."""
+        if len(body) < 256 or self._out or self.closed:
+            self.write(zmtp.encode_frame(body))
+            return
+        header = zmtp.frame_header(len(body))
+        try:
+            sent = self.sock.sendmsg((header, body))
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(header) + len(body):
+            self._out = (header + body)[sent:]
+            self._poller.modify(self.fd, POLLIN | POLLOUT)
 
     def write(self, data: bytes) -> None:
         """Send data now if the socket takes it, else keep it for POLLOUT."""

@@ -61,7 +61,6 @@ from client.protocol import (
     encode_reply,
     peek_req_id,
 )
-from client.zmtp import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +487,7 @@ class Server:
             if peer.closed:
                 self.metrics.dropped_frames += 1
             else:
-                peer.write(encode_frame(encode_reply(req_id, status, body)))
+                peer.write_frame(encode_reply(req_id, status, body))
             return
         try:
             self.router.send(peer, zmq.SNDMORE | zmq.NOBLOCK)

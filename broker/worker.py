@@ -173,8 +173,11 @@ class Worker:
             # it down (an error packet then EOF). It is no longer usable.
             self.lost("server sent data on an idle connection")
             return
+        self._deliver(data if not self._in else self._take(data))
+
+    def _take(self, data: bytes) -> bytearray:
         self._in += data
-        self._deliver()
+        return self._in
 
     def drain(self, done: Done) -> None:
         """Stop chunking a stream: read the rest of the response and hand it to done."""
@@ -183,23 +186,37 @@ class Worker:
         self.paused = False
         self.deadline = 0.0
         self._watch()
-        self._deliver()
+        self._deliver(self._in)
 
     def resume(self) -> None:
         """Continue a paused stream: deliver buffered rows, then read again."""
         self.paused = False
         self._row_limit = self.scanner.rows + self.chunk_rows
         self._watch()
-        self._deliver()
+        self._deliver(self._in)
 
-    def _deliver(self) -> None:
+    def _deliver(self, buf: bytes | bytearray) -> None:
+        """Hand over a complete response or chunk found in buf.
+
+        buf is either `_in` or, in the usual case of a response that arrived in
+        one read with nothing buffered before it, the read itself: then the
+        bytes go out without being copied.
+        """
         scanner = self.scanner
-        done = scanner.scan(self._in, self._row_limit)
+        done = scanner.scan(buf, self._row_limit)
         if not done and not (self._row_limit and scanner.rows >= self._row_limit):
+            if buf is not self._in:
+                self._in += buf  # keep the partial response; offsets stay valid
             return
         end = scanner.end
-        data = bytes(self._in) if end == len(self._in) else bytes(self._in[:end])
-        del self._in[:end]
+        if buf is self._in:
+            data = bytes(buf) if end == len(buf) else bytes(buf[:end])
+            del buf[:end]
+        elif end == len(buf):
+            data = buf
+        else:
+            data = buf[:end]
+            self._in += buf[end:]
         scanner.end = 0
         callback = self._done
         if done:

@@ -51,13 +51,17 @@ def check_greeting(data: bytes) -> None:
         raise ZmtpError(f"security mechanism {mechanism!r} not offered here")
 
 
+def frame_header(size: int, flags: int = 0) -> bytes:
+    """Return the flags and size bytes that precede a body of size bytes."""
+    if size < 256:
+        return bytes((flags, size))
+    return bytes((flags | LONG,)) + _long.pack(size)
+
+
 def encode_frame(body: bytes, more: bool = False, command: bool = False) -> bytes:
     """Return one frame carrying body."""
     flags = (MORE if more else 0) | (COMMAND if command else 0)
-    size = len(body)
-    if size < 256:
-        return bytes((flags, size)) + body
-    return bytes((flags | LONG,)) + _long.pack(size) + body
+    return frame_header(len(body), flags) + body
 
 
 def ready(socket_type: bytes, metadata: dict[bytes, bytes] | None = None) -> bytes:
@@ -107,6 +111,11 @@ class FrameReader:
         self._buf = bytearray()
         self._pos = 0
         self.max_size = max_size
+
+    @property
+    def empty(self) -> bool:
+        """Whether no bytes wait to be parsed."""
+        return self._pos == len(self._buf)
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
