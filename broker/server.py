@@ -818,6 +818,13 @@ class Server:
         pool.metrics.lost += 1
         pin = worker.pin
         if req is not None:
+            log.warning(
+                "pool %s: request %d of op %s was on connection %d when it died",
+                pool.name,
+                req.req_id,
+                Op(req.op).name,
+                worker.thread_id,
+            )
             if req.op == Op.QUERY and statement.is_read(req.body):
                 self._fail(req, err)
             elif req.op in (Op.QUERY, Op.EXECUTEMANY, Op.COMMIT):
@@ -1063,6 +1070,12 @@ class Server:
         worker.request = None
         if req is None and pin is not None and pin.kind == "stream":
             req, pin.request = pin.request, None
+        log.info(
+            "pool %s: cancelling the statement on connection %d (%s); KILL QUERY",
+            worker.pool.name,
+            worker.thread_id,
+            reason or "deadline passed",
+        )
         if req is not None:
             worker.pool.metrics.query_timeouts += 1
             why = reason or f"deadline of {req.timeout:.3f} s passed"

@@ -59,7 +59,7 @@ import zmq.asyncio
 from client import errors, protocol, zmtp
 from client.api import DEFAULT_TIMEOUT, Params
 from client.packets import Codec
-from client.pinned import ISOLATION_LEVELS
+from client.pinned import check_isolation
 from client.protocol import Op, Status
 from client.result import Result
 from client.transport import CONNECT_RETRY, GRACE, RECONNECT_IVL_MS
@@ -772,13 +772,7 @@ class Transaction(_Pinned):
         timeout: float | None = None,
     ) -> None:
         super().__init__(client, timeout)
-        if isolation is not None and isolation.upper() not in ISOLATION_LEVELS:
-            raise errors.ProgrammingError(
-                0,
-                f"isolation must be one of {sorted(ISOLATION_LEVELS)}, "
-                f"got {isolation!r}",
-            )
-        self.isolation = isolation.upper() if isolation else None
+        self.isolation = check_isolation(isolation)
         self.readonly = bool(readonly)
         self._finished = False
 

@@ -27,6 +27,15 @@ ISOLATION_LEVELS = frozenset(
 )
 
 
+def check_isolation(isolation: str | None) -> str | None:
+    """Return the isolation level in upper case, or raise ProgrammingError."""
+    if isolation is not None and isolation.upper() not in ISOLATION_LEVELS:
+        raise errors.ProgrammingError(
+            0, f"isolation must be one of {sorted(ISOLATION_LEVELS)}, got {isolation!r}"
+        )
+    return isolation.upper() if isolation else None
+
+
 class _Pinned:
     """What transactions, sessions and streams share: owner checks and calls."""
 
@@ -94,13 +103,7 @@ class Transaction(_Pinned):
         timeout: float | None = None,
     ) -> None:
         super().__init__(client, timeout)
-        if isolation is not None and isolation.upper() not in ISOLATION_LEVELS:
-            raise errors.ProgrammingError(
-                0,
-                f"isolation must be one of {sorted(ISOLATION_LEVELS)}, "
-                f"got {isolation!r}",
-            )
-        self.isolation = isolation.upper() if isolation else None
+        self.isolation = check_isolation(isolation)
         self.readonly = bool(readonly)
         self._finished = False
 
