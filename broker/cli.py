@@ -14,9 +14,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import __version__
 from broker.config import Config, ConfigError, describe, load
+
+if TYPE_CHECKING:
+    from broker.sandbox import Sandbox
 
 log = logging.getLogger("broker")
 
@@ -105,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("stopped")
 
 
-def _print_banner(config: Config, sandbox: object | None) -> None:
+def _print_banner(config: Config, sandbox: Sandbox | None) -> None:
     endpoint = config.broker.endpoint[0]
     for pool in config.pools.values():
         log.info(
@@ -113,8 +117,8 @@ def _print_banner(config: Config, sandbox: object | None) -> None:
         )
     if sandbox is not None:
         log.info(
-            "sandbox MariaDB: %s (stop the broker to stop it)",
-            config.pools["default"].safe_dsn(),
+            "the sandbox MariaDB keeps its data in %s and stops with the broker",
+            sandbox.base_dir,
         )
     hint = f"BROKER_ENDPOINT={endpoint} " if endpoint != _default_endpoint() else ""
     log.info(
