@@ -167,6 +167,24 @@ class Pool:
                 spare -= 1
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """Return the pool's part of `broker status`, as plain values."""
+        states = collections.Counter(w.state.name.lower() for w in self.workers)
+        return {
+            "dsn": self.config.safe_dsn(),
+            "min_size": self.config.min_size,
+            "max_size": self.config.max_size,
+            "size": len(self.workers),
+            "opening": self.opening,
+            "idle": states["idle"],
+            "busy": states["busy"] + states["resetting"],
+            "pinned": states["pinned"],
+            "waiting": len(self.queue),
+            "unreachable": self.failing,
+            "last_error": str(self.last_error) if self.last_error else None,
+            **self.metrics.snapshot(),
+        }
+
     def expire_queue(self, now: float, reply: Callable[[Any, Exception], None]) -> None:
         """Answer queued requests whose queue_timeout or deadline has passed."""
         if not self.queue:

@@ -35,6 +35,7 @@ from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
 from broker.pool import MAX_QUEUE, Pool
+from broker.request import PeerId, Pin, Request, begin_statements, check_body
 from broker.scanner import IN_TRANS
 from broker.systemd import Notifier
 from broker.worker import (
@@ -48,7 +49,6 @@ from broker.worker import (
     error_from_packets,
 )
 from client import errors
-from client.pinned import ISOLATION_LEVELS
 from client.protocol import (
     INFO_CHARSET,
     INFO_MAX_MESSAGE_BYTES,
@@ -72,74 +72,6 @@ ROUTER_BATCH = 256  # requests taken per wake-up before MySQL sockets get a turn
 HARD_LIMIT_FACTOR = 4  # libzmq drops (unanswered) frames over this x max_message_bytes
 ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
 _UNCOUNTED = frozenset({Op.PING, Op.STATS, Op.CANCEL})  # never refused: liveness
-
-
-PeerId = bytes | Peer  # a ROUTER routing id, or a native ipc connection
-
-
-class Request:
-    """One client request, from its arrival to its one reply."""
-
-    __slots__ = (
-        "body",
-        "client",
-        "deadline",
-        "index",
-        "op",
-        "peer",
-        "pin",
-        "pool",
-        "received",
-        "replies",
-        "req_id",
-        "steps",
-        "timeout",
-    )
-
-    def __init__(
-        self, peer: PeerId, req_id: int, op: int, pool: Pool | None, pin: int, body: Any
-    ) -> None:
-        self.peer = peer
-        self.req_id = req_id
-        self.op = op
-        self.pool = pool
-        self.pin = pin
-        self.body = body
-        self.client: Any = None  # the key counted in Server._inflight, until answered
-        self.received = time.monotonic()
-        self.deadline = 0.0
-        self.timeout = 0.0
-        self.index = 0
-        self.replies: list[bytes] = []
-        self.steps: list[bytes] = []
-
-
-class Pin:
-    """A worker held for one client's transaction, session or stream."""
-
-    __slots__ = (
-        "done",
-        "id",
-        "kind",
-        "last_active",
-        "opened",
-        "pending",
-        "pool",
-        "request",
-        "who",
-        "worker",
-    )
-
-    def __init__(self, pin_id: int, kind: str, worker: Worker, who: Any) -> None:
-        self.id = pin_id
-        self.kind = kind  # "transaction", "session" or "stream"
-        self.worker = worker
-        self.pool: Pool = worker.pool
-        self.who = who if isinstance(who, dict) else {}
-        self.opened = self.last_active = time.monotonic()
-        self.request: Request | None = None  # a stream's chunk request in flight
-        self.pending: Request | None = None  # arrived while a cancel was finishing
-        self.done = False  # a stream whose last chunk has gone out
 
 
 def _database_error(err: Exception) -> errors.Error:
@@ -424,7 +356,7 @@ class Server:
         limit = pool.config.query_timeout if pool is not None else timeout
         req.timeout = min(timeout, limit)
         req.deadline = req.received + req.timeout
-        problem = _check_body(op, pin, body)
+        problem = check_body(op, pin, body)
         if problem:
             self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, problem))
             self.metrics.bad_requests += 1
@@ -660,7 +592,7 @@ class Server:
             self._answer(req, Status.VALUE, self._pool_info(worker.pool))
             self._release(worker)
         elif op == Op.BEGIN:
-            req.steps = _begin_statements(req.body)
+            req.steps = begin_statements(req.body)
             worker.send(COM_QUERY + req.steps[0], self._begin_done, req.deadline)
         elif op == Op.SESSION_OPEN:
             worker.request = None
@@ -1320,92 +1252,12 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """Return everything `broker status` shows, as plain values."""
         now = time.monotonic()
-        pools = {}
-        for name, pool in self.pools.items():
-            states = collections.Counter(w.state.name.lower() for w in pool.workers)
-            pools[name] = {
-                "dsn": pool.config.safe_dsn(),
-                "min_size": pool.config.min_size,
-                "max_size": pool.config.max_size,
-                "size": len(pool.workers),
-                "opening": pool.opening,
-                "idle": states["idle"],
-                "busy": states["busy"] + states["resetting"],
-                "pinned": states["pinned"],
-                "waiting": len(pool.queue),
-                "unreachable": pool.failing,
-                "last_error": str(pool.last_error) if pool.last_error else None,
-                **pool.metrics.snapshot(),
-            }
-        pins = [
-            {
-                "id": pin.id,
-                "kind": pin.kind,
-                "pool": pin.pool.name,
-                "age_s": round(now - pin.opened, 1),
-                "idle_s": round(now - pin.last_active, 1),
-                "connection": pin.worker.thread_id,
-                "who": pin.who,
-            }
-            for pin in self.pins.values()
-        ]
         return {
             "version": __version__,
             "pid": os.getpid(),
             "endpoints": list(self.config.broker.endpoint),
             "draining": self.draining,
             **self.metrics.snapshot(),
-            "pools": pools,
-            "pins": pins,
+            "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
+            "pins": [pin.snapshot(now) for pin in self.pins.values()],
         }
-
-
-def _begin_statements(body: dict) -> list[bytes]:
-    steps = []
-    if body.get("isolation"):
-        steps.append(b"SET TRANSACTION ISOLATION LEVEL " + body["isolation"].encode())
-    steps.append(
-        b"START TRANSACTION READ ONLY" if body.get("readonly") else b"START TRANSACTION"
-    )
-    return steps
-
-
-def _check_body(op: int, pin: int, body: Any) -> str | None:
-    """Return what is wrong with a request's body, or None; the body is untrusted."""
-    if op == Op.QUERY and type(body) is bytes and body:
-        return None  # the common case, first
-    if op == Op.QUERY:
-        return "query body must be non-empty SQL bytes"
-    if op == Op.EXECUTEMANY and (
-        type(body) is not list
-        or not body
-        or not all(type(s) is bytes and s for s in body)
-    ):
-        return "executemany body must be a non-empty list of SQL bytes"
-    if op == Op.BEGIN and (
-        type(body) is not dict or body.get("isolation") not in (None, *ISOLATION_LEVELS)
-    ):
-        levels = ", ".join(sorted(ISOLATION_LEVELS))
-        return f"begin body must be a map with isolation one of {levels}"
-    if op == Op.SESSION_OPEN and type(body) is not dict:
-        return "session body must be a map"
-    if op == Op.STREAM_OPEN and not (
-        type(body) is list
-        and len(body) == 3
-        and type(body[0]) is bytes
-        and body[0]
-        and type(body[1]) is int
-        and 1 <= body[1] <= 1_000_000
-    ):
-        return "stream body must be [SQL bytes, chunk_rows 1..1000000, who]"
-    if pin and op in (Op.HELLO, Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN):
-        return f"op {Op(op).name} cannot carry a pin"
-    if not pin and op in (
-        Op.COMMIT,
-        Op.ROLLBACK,
-        Op.SESSION_CLOSE,
-        Op.STREAM_NEXT,
-        Op.STREAM_CLOSE,
-    ):
-        return f"op {Op(op).name} needs a pin"
-    return None
