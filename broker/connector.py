@@ -82,7 +82,7 @@ class Connector:
         except Exception as err:  # any failure is reported to the loop, not raised
             self._report(Outcome("open", pool.name, error=err))
             return
-        self._report(Outcome("open", pool.name, conn=conn))
+        self._report(Outcome("open", pool.name, conn=conn, tag=pool))
 
     def kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
         """Run KILL QUERY for thread_id from a short-lived extra connection."""

@@ -41,6 +41,7 @@ class Peer:
     __slots__ = (
         "_handle",
         "_multipart",
+        "_on_close",
         "_out",
         "_poller",
         "_reader",
@@ -57,11 +58,13 @@ class Peer:
         poller: zmq.Poller,
         handle: Callable[[Peer, bytes | None, str | None], None],
         max_frame: int,
+        on_close: Callable[[Peer], None],
     ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self._poller = poller
         self._handle = handle
+        self._on_close = on_close
         self._reader = zmtp.FrameReader(max_frame)
         self._stage = 0  # 0: greeting expected, 1: READY expected, 2: messages
         self._multipart: bytes | None = None  # first frame of a refused multipart
@@ -201,6 +204,7 @@ class Peer:
             return
         self.closed = True
         self._poller.unregister(self.fd)
+        self._on_close(self)
         self.sock.close()
 
 

@@ -26,10 +26,12 @@ class Request:
 
     __slots__ = (
         "body",
+        "cancelled",
         "client",
         "deadline",
         "index",
         "op",
+        "owner",
         "peer",
         "pin",
         "pool",
@@ -50,6 +52,10 @@ class Request:
         self.pin = pin
         self.body = body
         self.client: Any = None  # the key counted in Server._inflight, until answered
+        self.owner: Any = None  # who may use a pin this request opens (see Pin)
+        self.cancelled = (
+            ""  # why a write was cancelled; its reply waits for the outcome
+        )
         self.received = time.monotonic()
         self.deadline = 0.0
         self.timeout = 0.0
@@ -67,6 +73,7 @@ class Pin:
         "kind",
         "last_active",
         "opened",
+        "owner",
         "pending",
         "pool",
         "request",
@@ -74,8 +81,13 @@ class Pin:
         "worker",
     )
 
-    def __init__(self, pin_id: int, kind: str, worker: Worker, who: Any) -> None:
+    def __init__(
+        self, pin_id: int, kind: str, worker: Worker, who: Any, owner: Any
+    ) -> None:
         self.id = pin_id
+        # The client process (host, pid) or CurveZMQ key that opened it; only
+        # it may use the pin. None (plain tcp) leaves the unguessable id alone.
+        self.owner = owner
         self.kind = kind  # "transaction", "session" or "stream"
         self.worker = worker
         self.pool: Pool = worker.pool
@@ -88,7 +100,7 @@ class Pin:
     def snapshot(self, now: float) -> dict[str, Any]:
         """Return this pin as `broker status` shows it: who holds what, how long."""
         return {
-            "id": self.id,
+            "id": f"{self.id:016x}"[:6],  # for people; not enough to use the pin
             "kind": self.kind,
             "pool": self.pool.name,
             "age_s": round(now - self.opened, 1),

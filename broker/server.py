@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import random
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from broker import __version__, statement
-from broker.config import Config, ConfigError, needs_restart
+from broker.config import Config, ConfigError, PoolConfig, needs_restart
 from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
@@ -67,11 +67,21 @@ log = logging.getLogger(__name__)
 TICK = 0.02  # seconds between deadline checks: the precision of timeouts
 JANITOR_EVERY = 0.5  # seconds between upkeep passes (recycling, idle pins)
 PING_AFTER_IDLE = 5.0  # health-check a connection idle longer than this before use
-KILL_GRACE = 5.0  # a cancelled statement still running after this: drop the connection
+# A cancelled statement still running after this: drop the connection. Below the
+# client's GRACE, so a write's caller hears the outcome before giving up.
+KILL_GRACE = 1.5
 ROUTER_BATCH = 256  # requests taken per wake-up before MySQL sockets get a turn
 HARD_LIMIT_FACTOR = 4  # libzmq drops (unanswered) frames over this x max_message_bytes
 ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
 _UNCOUNTED = frozenset({Op.PING, Op.STATS, Op.CANCEL})  # never refused: liveness
+_INTERRUPTED = frozenset({1317, 1028})  # "query execution was interrupted", "aborted"
+
+
+def _may_write(req: Request) -> bool:
+    """Whether a request's statement may change data (so a cancel must wait)."""
+    return req.op in (Op.EXECUTEMANY, Op.COMMIT) or (
+        req.op == Op.QUERY and not statement.is_read(req.body)
+    )
 
 
 def _database_error(err: Exception) -> errors.Error:
@@ -249,10 +259,8 @@ class Server:
                 elif (peer := peers.get(sock)) is not None:
                     if event & POLLOUT:
                         peer.flush()
-                    if event & POLLIN:
+                    if event & POLLIN and not peer.closed:
                         peer.on_readable()
-                        if peer.closed:
-                            del peers[sock]
                 elif (worker := workers.get(sock)) is not None:
                     if event & POLLOUT:
                         worker.flush()
@@ -269,9 +277,15 @@ class Server:
     def _accept(self, listener: Listener) -> None:
         limit = self.config.broker.max_message_bytes * HARD_LIMIT_FACTOR
         for conn in listener.accept():
-            peer = Peer(conn, self.poller, self._on_peer_message, limit)
+            peer = Peer(
+                conn, self.poller, self._on_peer_message, limit, self._forget_peer
+            )
             if not peer.closed:
                 self._peers[peer.fd] = peer
+
+    def _forget_peer(self, peer: Peer) -> None:
+        if self._peers.get(peer.fd) is peer:
+            del self._peers[peer.fd]
 
     def _on_peer_message(
         self, peer: Peer, frame: bytes | None, problem: str | None
@@ -323,8 +337,11 @@ class Server:
             self._refuse(peer, frame, str(err))
             return
         pool = None
+        owner = (peer.client or peer) if type(peer) is Peer else key
         if pin:
             pin_obj = self.pins.get(pin)
+            if pin_obj is not None and pin_obj.owner not in (None, owner):
+                pin_obj = None  # someone else's: answered as unknown below
             pool = pin_obj.pool if pin_obj is not None else None
         elif op not in (Op.PING, Op.STATS, Op.CANCEL):
             pool = self.pools.get(pool_name)
@@ -353,6 +370,7 @@ class Server:
                 )
                 return
         req = Request(peer, req_id, op, pool, pin, body)
+        req.owner = owner
         limit = pool.config.query_timeout if pool is not None else timeout
         req.timeout = min(timeout, limit)
         req.deadline = req.received + req.timeout
@@ -571,7 +589,16 @@ class Server:
                 pool.queue.appendleft(req)
                 self._dispatch(pool)
             return
-        if req is None:  # cancelled while pinging
+        if req is None or req.cancelled:  # cancelled while pinging: never sent
+            if req is not None:
+                worker.request = None
+                self._fail(
+                    req,
+                    errors.QueryTimeout(
+                        errors.ER_QUERY_TIMEOUT,
+                        f"statement cancelled: {req.cancelled}; it was not sent",
+                    ),
+                )
             self._after_command(worker)
             return
         self._begin_work(worker, req)
@@ -596,11 +623,11 @@ class Server:
             worker.send(COM_QUERY + req.steps[0], self._begin_done, req.deadline)
         elif op == Op.SESSION_OPEN:
             worker.request = None
-            pin = self._pin(worker, "session", req.body.get("who"))
+            pin = self._pin(worker, "session", req, req.body.get("who"))
             self._answer(req, Status.VALUE, pin.id)
         elif op == Op.STREAM_OPEN:
             sql, chunk_rows, who = req.body
-            pin = self._pin(worker, "stream", who)
+            pin = self._pin(worker, "stream", req, who)
             worker.state = State.BUSY
             worker.request = None
             pin.request = req
@@ -622,7 +649,7 @@ class Server:
         if err is not None:
             self._lost(worker, req, err)
             return
-        if req is not None:
+        if req is not None and not self._answer_cancelled(worker, req, data, 0):
             if worker.scanner.error:
                 worker.pool.metrics.sql_errors += 1
             self._reply(req, Status.PACKETS, data)
@@ -643,6 +670,26 @@ class Server:
             return
         req.replies.append(data)  # type: ignore[arg-type]
         req.index += 1
+        if req.cancelled and not self._answer_cancelled(
+            worker, req, data, req.index - 1
+        ):
+            if not worker.scanner.error and req.index < len(req.body):
+                # Stopped between statements: what ran is known, the rest never will.
+                worker.request = None
+                self._fail(
+                    req,
+                    errors.OutcomeUnknown(
+                        errors.ER_OUTCOME_UNKNOWN,
+                        f"statement cancelled: {req.cancelled}; {req.index} of "
+                        f"{len(req.body)} statements were applied, the rest not sent",
+                    ),
+                )
+                self._after_command(worker)
+                return
+        elif req.cancelled:
+            worker.request = None
+            self._after_command(worker)
+            return
         if worker.scanner.error or req.index == len(req.body):
             worker.request = None
             if worker.scanner.error:
@@ -651,6 +698,37 @@ class Server:
             self._after_command(worker)
             return
         worker.send(COM_QUERY + req.body[req.index], self._batch_done, req.deadline)
+
+    def _answer_cancelled(
+        self, worker: Worker, req: Request, data: bytes | None, applied: int
+    ) -> bool:
+        """Answer a cancelled write whose statement MySQL interrupted; else False.
+
+        A write that completed before the KILL landed gets its real result
+        from the caller; one MySQL interrupted was not applied (QueryTimeout),
+        except a COMMIT or a batch with statements behind it (OutcomeUnknown).
+        """
+        if not req.cancelled or not worker.scanner.error or data is None:
+            return False
+        if error_from_packets(data).errno not in _INTERRUPTED:
+            return False
+        worker.request = None
+        message = f"statement cancelled: {req.cancelled}"
+        if req.op == Op.COMMIT:
+            err: errors.Error = errors.OutcomeUnknown(
+                errors.ER_OUTCOME_UNKNOWN, message + "; the commit may or may not stand"
+            )
+        elif applied:
+            err = errors.OutcomeUnknown(
+                errors.ER_OUTCOME_UNKNOWN,
+                f"{message}; {applied} of {len(req.body)} statements were applied",
+            )
+        else:
+            err = errors.QueryTimeout(
+                errors.ER_QUERY_TIMEOUT, message + "; it was not applied"
+            )
+        self._fail(req, err)
+        return True
 
     def _begin_done(
         self, worker: Worker, data: bytes | None, err: errors.Error | None
@@ -677,7 +755,7 @@ class Server:
             )
             return
         worker.request = None
-        pin = self._pin(worker, "transaction", req.body.get("who"))
+        pin = self._pin(worker, "transaction", req, req.body.get("who"))
         self._answer(req, Status.VALUE, pin.id)
 
     def _end_done(
@@ -689,7 +767,7 @@ class Server:
         if err is not None:
             self._lost(worker, req, err)
             return
-        if req is not None:
+        if req is not None and not self._answer_cancelled(worker, req, data, 0):
             self._reply(req, Status.PACKETS, data)
         if worker.scanner.status & IN_TRANS or worker.scanner.error:
             worker.dirty = True
@@ -785,9 +863,9 @@ class Server:
 
     # Pins ----------------------------------------------------------------------------
 
-    def _pin(self, worker: Worker, kind: str, who: Any) -> Pin:
-        pin_id = random.getrandbits(63) or 1  # an id, not a secret
-        pin = Pin(pin_id, kind, worker, who)
+    def _pin(self, worker: Worker, kind: str, req: Request, who: Any) -> Pin:
+        pin_id = secrets.randbits(63) or 1  # a capability: unguessable
+        pin = Pin(pin_id, kind, worker, who, req.owner)
         worker.pin = pin
         worker.state = State.PINNED
         self.pins[pin_id] = pin
@@ -817,6 +895,8 @@ class Server:
 
     def _op_pinned(self, req: Request) -> None:
         pin = self.pins.get(req.pin)
+        if pin is not None and pin.owner not in (None, req.owner):
+            pin = None
         if pin is None:
             why = self._ended.get(req.pin, "unknown pin")
             self._fail(
@@ -997,9 +1077,9 @@ class Server:
             return
         worker.cancelling = True
         worker.cancel_started = now
+        worker.deadline = 0.0  # one KILL per statement; KILL_GRACE covers the rest
         pin = worker.pin
         req = worker.request
-        worker.request = None
         if req is None and pin is not None and pin.kind == "stream":
             req, pin.request = pin.request, None
         log.info(
@@ -1011,16 +1091,22 @@ class Server:
         if req is not None:
             worker.pool.metrics.query_timeouts += 1
             why = reason or f"deadline of {req.timeout:.3f} s passed"
-            self._fail(
-                req,
-                errors.QueryTimeout(
-                    errors.ER_QUERY_TIMEOUT,
-                    f"statement cancelled: {why} (KILL QUERY sent)",
-                ),
-            )
+            if _may_write(req):
+                # Whether it was applied is known once MySQL answers: the reply
+                # waits for that (bounded by KILL_GRACE), never guesses.
+                req.cancelled = why
+            else:
+                worker.request = None
+                self._fail(
+                    req,
+                    errors.QueryTimeout(
+                        errors.ER_QUERY_TIMEOUT,
+                        f"statement cancelled: {why} (KILL QUERY sent)",
+                    ),
+                )
         self.connector.kill(
             worker.pool.name,
-            worker.pool.config.connect_args(),
+            worker.config.connect_args(),
             worker.thread_id,
             worker,
         )
@@ -1046,8 +1132,8 @@ class Server:
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
         for worker in list(self._workers.values()):
-            if worker.cancelling:
-                if now - worker.cancel_started > KILL_GRACE:
+            if worker.cancel_started and (worker.cancelling or worker.running):
+                if now - worker.cancel_started > KILL_GRACE and not worker.paused:
                     worker.lost("cancelled statement did not stop")
             elif worker.deadline and now >= worker.deadline and worker.running:
                 self._cancel(worker, now)
@@ -1152,9 +1238,18 @@ class Server:
             return
         worker = Worker(pool.name, outcome.conn, self.poller)
         worker.pool = pool
+        worker.config = outcome.tag  # what it was opened with: KILL goes there
         worker.on_closed = self._closed_while_free
         self._workers[worker.fd] = worker
         pool.opened(worker)
+        opened_with: PoolConfig = outcome.tag
+        if (
+            opened_with.connect_args() != pool.config.connect_args()
+            or opened_with.init_sql != pool.config.init_sql
+        ):
+            pool.metrics.recycled += 1  # a reload replaced its settings meanwhile
+            self._forget(worker)
+            return
         self._release(worker)
 
     def _begin_drain(self, why: str) -> None:
@@ -1202,6 +1297,9 @@ class Server:
         )
         for name, cfg in new.pools.items():
             pool = self.pools.get(name)
+            if pool is not None and pool.retired:
+                pool.retired = False  # back in the config
+                pool.generation += 1  # its old connections were on their way out
             if pool is None:
                 self.pools[name] = Pool(cfg, self.connector)
                 log.info("reload: new pool %s", name)

@@ -71,13 +71,15 @@ class Worker:
         self.uses = 0
         self.state = State.IDLE
         self.pool: Any = None  # the Pool it belongs to (set by the server)
+        self.config: Any = None  # the PoolConfig it was opened with
         self.request: Any = None  # the Request its running command answers
         self.pin: Any = None  # the Pin holding it, when PINNED or busy for one
         self.on_closed: Callable[[Worker], None] | None = (
             None  # lost while no command ran
         )
         self.reset_steps: list[bytes] = []
-        self.cancel_started = 0.0
+        self.cancel_started = 0.0  # when KILL QUERY was asked for; 0 when not
+
         self.dirty = False  # session state left behind; reset before reuse
         self.deadline = 0.0  # monotonic; 0 when nothing is running
         self.cancelling = False  # a KILL QUERY was sent for the running command
@@ -124,6 +126,7 @@ class Worker:
         self.deadline = deadline
         self.chunk_rows = self._row_limit = chunk_rows
         self.cancelling = False
+        self.cancel_started = 0.0
         self.scanner.reset()
         self.uses += 1
         self.last_used = time.monotonic()

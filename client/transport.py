@@ -282,7 +282,9 @@ class Transport:
         try:
             self._connect(time.monotonic() + 0.1).send(frame, time.monotonic() + 0.1)
         except (_Timeout, OSError, zmq.ZMQError, zmtp.ZmtpError):
-            pass  # no broker: it frees what the request would have freed by timeout
+            # No broker (it frees what this would have freed, by timeout); and
+            # a half-written frame must not prefix the next request.
+            self.reset()
 
     def exchange(self, req_id: int, frame: bytes, wait: float) -> tuple[int, Any]:
         """Send an encoded request and wait up to wait seconds for its reply."""

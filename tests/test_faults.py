@@ -202,3 +202,45 @@ def test_idle_connection_is_health_checked_before_use(make_broker):
     assert c.stats()["pools"]["default"]["pings"] == pings + 1
     assert c.query("SELECT 3").scalar() == 3  # busy again: no second ping
     assert c.stats()["pools"]["default"]["pings"] == pings + 1
+
+
+def test_cancelled_write_waits_for_the_outcome_and_reports_it(make_broker, direct):
+    b = make_broker(max_size=1)
+    c = b.client()
+    c.query("CREATE TABLE w (a INT)")
+    start = time.monotonic()
+    with pytest.raises(client.QueryTimeout, match="not applied"):
+        c.query("INSERT INTO w SELECT 1 FROM (SELECT SLEEP(5)) AS s", timeout=0.5)
+    assert time.monotonic() - start < 2.0
+    assert c.query("SELECT COUNT(*) FROM w").scalar() == 0
+    assert b.log().count("cancelling the statement") == 1  # one KILL QUERY, not a storm
+
+
+def test_a_pin_is_usable_only_by_the_process_that_opened_it(broker):
+    import os
+
+    from client.protocol import Op, Status
+
+    c = broker.client()
+    with c.transaction() as tx:
+        tx.query("SELECT 1")
+        shown = c.stats()["pins"][0]["id"]
+        assert isinstance(shown, str)
+        assert len(shown) < 16  # status names pins for people, not usably
+        pid = os.fork()
+        if pid == 0:
+            try:
+                other = broker.client()
+                status, body = other._transport().call(
+                    Op.QUERY, "default", 2, tx.pin, b"SELECT 2"
+                )
+                ok = (
+                    status == Status.ERROR
+                    and body[0] == "OperationalError"
+                    and "gone" in body[2]
+                )
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert tx.query("SELECT 3").scalar() == 3

@@ -194,3 +194,30 @@ def test_prometheus_metrics_move_when_queries_run(make_broker):
     assert after['broker_pool_connections{pool="default",state="idle"}'] >= 1
     assert after['broker_pool_max_connections{pool="default"}'] == 4
     assert 'broker_info{version="0.1.0"}' in after
+
+
+def test_a_pool_removed_and_added_back_serves_again(
+    make_broker, mysql_dsn, password_file
+):
+    b = make_broker(pools={"other": {"max_size": 1}})
+    c = b.client(pool="other")
+    assert c.query("SELECT 1").scalar() == 1
+    b.write_config(mysql_dsn, str(password_file), {"max_size": 2}, {})
+    b.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "pool other removed" not in b.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(client.ProgrammingError):
+        c.query("SELECT 1")
+    b.write_config(
+        mysql_dsn, str(password_file), {"max_size": 2}, {}, {"other": {"max_size": 1}}
+    )
+    b.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert c.query("SELECT 2").scalar() == 2
+            break
+        except client.Error:
+            assert time.monotonic() < deadline, b.log()
+            time.sleep(0.1)
