@@ -232,3 +232,18 @@ def test_module_level_functions_use_broker_endpoint(broker, monkeypatch):
     assert client.executemany("SELECT %s", [(1,), (2,)]).rowcount == 2
     assert client.default_client().endpoint == broker.endpoint
     client.default_client().close()
+
+
+def test_call_with_several_result_sets_keeps_the_connection_in_step(make_broker):
+    b = make_broker(max_size=1)
+    c = b.client()
+    c.query(
+        "CREATE PROCEDURE two_sets() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END"
+    )
+    r = c.query("CALL two_sets()")
+    assert r.columns == ("a",)
+    assert r.rows == [(1,)]
+    for i in range(5):  # the same connection answers the next statements in step
+        assert c.query("SELECT %s", (i,)).scalar() == i
+    assert list(c.stream("CALL two_sets()")) == [(1,)]
+    assert c.query("SELECT 'after stream'").scalar() == "after stream"
