@@ -112,7 +112,6 @@ class Server:
             zmq.MAXMSGSIZE, config.broker.max_message_bytes * HARD_LIMIT_FACTOR
         )
         self.poller = zmq.Poller()
-        self.poller.register(self.router, POLLIN)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -167,6 +166,10 @@ class Server:
                 self._listeners[listener.fd] = listener
             else:
                 self.router.bind(endpoint)
+                if self.router not in self.poller:
+                    # Polled only when bound: zmq_poll on a libzmq socket costs
+                    # more per wake-up than on a plain file descriptor.
+                    self.poller.register(self.router, POLLIN)
             log.info("listening on %s", endpoint)
         if self.config.broker.metrics_address:
             self._exporter = Exporter(self.config.broker.metrics_address)
