@@ -217,10 +217,8 @@ class _UnixLink(_Link):
         reader.feed(data)
         try:
             if self._stage == 0:
-                greeting = reader.take(zmtp.GREETING_SIZE)
-                if greeting is None:
+                if not reader.greeting():
                     return
-                zmtp.check_greeting(greeting)
                 self._stage = 1
             while (frame := reader.next()) is not None:
                 flags, body = frame

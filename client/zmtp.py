@@ -132,6 +132,14 @@ class FrameReader:
         self._pos += size
         return out
 
+    def greeting(self) -> bool:
+        """Take and check the peer's greeting; False until all of it has arrived."""
+        data = self.take(GREETING_SIZE)
+        if data is None:
+            return False
+        check_greeting(data)
+        return True
+
     def next(self) -> tuple[int, bytes] | None:
         """Return the next whole frame as (flags, body), or None."""
         buf, pos = self._buf, self._pos
