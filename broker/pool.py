@@ -56,11 +56,6 @@ class Pool:
         return len(self.workers) + self.opening
 
     @property
-    def idle_count(self) -> int:
-        """Workers ready to take a request."""
-        return len(self._idle)
-
-    @property
     def failing(self) -> bool:
         """Whether the server is unreachable: no worker, and the last connect failed."""
         return not self.workers and self.last_error is not None

@@ -70,16 +70,6 @@ class Scanner:
         """Whether the response is complete."""
         return self._state == _DONE
 
-    @property
-    def in_rows(self) -> bool:
-        """Whether the column definitions are behind and rows are being read."""
-        return self._state == _ROWS
-
-    @property
-    def infile_request(self) -> bool:
-        """Whether the server asked for a LOCAL INFILE, which the broker refuses."""
-        return self._state == _DONE and self.status == -1
-
     def scan(self, buf: bytearray, row_limit: int = 0) -> bool:
         """Advance over whole packets in buf from ``end``; return whether done."""
         pos, size = self.end, len(buf)
@@ -118,8 +108,8 @@ class Scanner:
                 state = _FIRST if self.status & MORE_RESULTS_EXISTS else _DONE
             elif first == 0xFF:
                 self.error, state = True, _DONE
-            elif first == 0xFB:
-                self.status, state = -1, _DONE
+            elif first == 0xFB:  # LOCAL INFILE: never asked for; ends the response
+                state = _DONE
             else:
                 self._columns, _ = _lenenc(buf, pos + 4)
                 state = _COLUMNS
