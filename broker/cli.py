@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,12 +28,35 @@ log = logging.getLogger("broker")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 70
 
 
+class _JournalFormatter(logging.Formatter):
+    """Prefix each line with its syslog level, which journald reads as priority."""
+
+    _PRIORITY = types.MappingProxyType(
+        {
+            logging.DEBUG: 7,
+            logging.INFO: 6,
+            logging.WARNING: 4,
+            logging.ERROR: 3,
+            logging.CRITICAL: 2,
+        }
+    )
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self._PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
 def _setup_logging(level: str) -> None:
     # journald stamps each line itself; a terminal user wants the time.
     fmt = "%(levelname)s %(name)s: %(message)s"
     if sys.stderr.isatty():
         fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    # systemd sets JOURNAL_STREAM when stderr goes to the journal: then say
+    # each line's priority, so `journalctl -p warning` finds warnings.
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(_JournalFormatter(fmt) if journal else logging.Formatter(fmt))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def _default_sandbox_dir() -> str:

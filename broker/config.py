@@ -740,6 +740,12 @@ def needs_restart(old: Config, new: Config) -> list[str]:
     ]
 
 
+def keep_restart_keys(old: Config, new: Config) -> Config:
+    """Return new with the restart-only [broker] keys as they run in old."""
+    kept = {name: getattr(old.broker, name) for name in _RESTART_KEYS}
+    return dataclasses.replace(new, broker=dataclasses.replace(new.broker, **kept))
+
+
 def _password_origin(pool: PoolConfig) -> str:
     if pool.password is None:
         return "none"

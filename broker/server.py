@@ -30,7 +30,13 @@ from typing import Any
 import zmq
 
 from broker import __version__, statement
-from broker.config import Config, ConfigError, PoolConfig, needs_restart
+from broker.config import (
+    Config,
+    ConfigError,
+    PoolConfig,
+    keep_restart_keys,
+    needs_restart,
+)
 from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
@@ -1293,6 +1299,7 @@ class Server:
             log.warning(
                 "reload: %s changed but needs a restart; keeping the old value", key
             )
+        new = keep_restart_keys(self.config, new)
         logging.getLogger().setLevel(new.broker.log_level.upper())
         # New connections take the new size limit; existing ones keep theirs.
         self.router.setsockopt(

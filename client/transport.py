@@ -274,7 +274,7 @@ class Transport:
                 f"request of {len(frame)} bytes exceeds the broker's "
                 f"max_message_bytes ({max_bytes})",
             )
-        return self.exchange(req_id, frame, timeout + GRACE)
+        return self.exchange(req_id, frame, timeout)
 
     def send_only(self, op: int, pool: str, pin: int) -> None:
         """Send a request and forget it; its reply is dropped as a late one."""
@@ -286,12 +286,20 @@ class Transport:
             # a half-written frame must not prefix the next request.
             self.reset()
 
-    def exchange(self, req_id: int, frame: bytes, wait: float) -> tuple[int, Any]:
-        """Send an encoded request and wait up to wait seconds for its reply."""
-        deadline = time.monotonic() + wait
+    def exchange(self, req_id: int, frame: bytes, timeout: float) -> tuple[int, Any]:
+        """Send an encoded request and return its reply.
+
+        Reaching the broker and handing it the request may take up to timeout;
+        the reply may take GRACE longer, the time the broker needs to report
+        a deadline it enforced.
+        """
+        start = time.monotonic()
+        sent_by, deadline = start + timeout, start + timeout + GRACE
+        sent = False
         try:
-            link = self._connect(deadline)
-            link.send(frame, deadline)
+            link = self._connect(sent_by)
+            link.send(frame, sent_by)
+            sent = True
             while True:
                 rid, status, body = protocol.decode_reply(link.recv(deadline))
                 if rid == req_id:
@@ -301,10 +309,18 @@ class Transport:
             self.reset()
             why = "" if isinstance(err, _Timeout) else f" ({err})"
             if isinstance(err, PermissionError):
-                why = (
-                    f" (no permission on {self._ipc_path}: is this user in its group?)"
+                raise errors.BrokerUnavailable(
+                    errors.ER_BROKER_UNAVAILABLE,
+                    f"cannot reach the broker: no permission on {self._ipc_path} "
+                    "(is this user in its group?)",
+                ) from None
+            if sent:
+                msg = f"no reply from the broker at {self._endpoint} within "
+                msg += f"{timeout + GRACE:.1f} s"
+            else:
+                msg = (
+                    f"cannot reach a broker at {self._endpoint} within {timeout:.1f} s"
                 )
-            msg = f"no reply from the broker at {self._endpoint} within {wait:.1f} s"
             raise errors.BrokerUnavailable(
                 errors.ER_BROKER_UNAVAILABLE, msg + why
             ) from None
