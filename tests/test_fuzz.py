@@ -106,7 +106,9 @@ def test_fuzzing_leaves_memory_bounded_and_queries_working(broker, raw):
         time.sleep(0.3)
         assert rss_kb(pid) - before < 50 * 1024
         assert c.query("SELECT 1").scalar() == 1
-        assert c.stats()["dropped_frames"] >= 1000
+        stats = c.stats()
+        # Random bytes that happen to show a request id are answered, not dropped.
+        assert stats["dropped_frames"] + stats["bad_requests"] >= 1000
 
 
 def test_flood_keeps_ping_answered_and_memory_bounded(make_broker):
