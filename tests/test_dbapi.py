@@ -260,7 +260,7 @@ def test_dropped_connection_frees_its_transaction_at_once(make_broker, connect):
     c2 = connect(endpoint=b.endpoint)
     start = time.monotonic()
     c2.cursor().execute("SELECT 2")
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.5
 
 
 def test_isolation_level_and_readonly_apply_to_each_transaction(

@@ -43,7 +43,7 @@ def test_query_timeout_cancels_the_statement_on_the_server(make_broker, direct):
     start = time.monotonic()
     with pytest.raises(client.QueryTimeout, match="KILL QUERY"):
         c.query("SELECT SLEEP(10), 'bk-sleeper'", timeout=0.5)
-    assert 0.45 <= time.monotonic() - start < 1.5
+    assert 0.45 <= time.monotonic() - start < 2.5
     deadline = time.monotonic() + 2
     while _processlist(direct, "%bk-sleeper%") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -57,7 +57,7 @@ def test_pool_query_timeout_is_the_default_deadline(make_broker):
     start = time.monotonic()
     with pytest.raises(client.QueryTimeout):
         c.query("SELECT SLEEP(5)")
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 2.5
     assert c.query("SELECT 1").scalar() == 1
 
 
@@ -211,7 +211,7 @@ def test_cancelled_write_waits_for_the_outcome_and_reports_it(make_broker, direc
     start = time.monotonic()
     with pytest.raises(client.QueryTimeout, match="not applied"):
         c.query("INSERT INTO w SELECT 1 FROM (SELECT SLEEP(5)) AS s", timeout=0.5)
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 3.0
     assert c.query("SELECT COUNT(*) FROM w").scalar() == 0
     assert b.log().count("cancelling the statement") == 1  # one KILL QUERY, not a storm
 
