@@ -180,3 +180,20 @@ def test_deadlock_surfaces_as_pymysql_does(broker, accounts):
     assert errs[0].errno == 1213
     assert errs[0].sqlstate == "40001"
     assert accounts.query("SELECT SUM(bal) FROM acct").scalar() == 201
+
+
+def test_lock_wait_timeout_rolls_back_only_the_statement(broker, accounts):
+    holder, waiter = broker.client(), broker.client()
+    with holder.transaction() as hold:
+        hold.query("SELECT bal FROM acct WHERE id = 1 FOR UPDATE")
+        with waiter.transaction() as tx:
+            tx.query("SET SESSION innodb_lock_wait_timeout = 1")
+            tx.query("UPDATE acct SET bal = 7 WHERE id = 2")
+            with pytest.raises(client.OperationalError) as exc:
+                tx.query("UPDATE acct SET bal = 8 WHERE id = 1")
+            assert exc.value.errno == 1205
+            assert exc.value.sqlstate == "HY000"
+            # As MySQL leaves it: the transaction and its first update live on.
+            assert tx.query("SELECT bal FROM acct WHERE id = 2").scalar() == 7
+            hold.rollback()
+    assert accounts.query("SELECT bal FROM acct ORDER BY id").rows == [(100,), (7,)]
