@@ -134,7 +134,9 @@ def check_body(op: int, pin: int, body: Any) -> str | None:
     ):
         return "executemany body must be a non-empty list of SQL bytes"
     if op == Op.BEGIN and (
-        type(body) is not dict or body.get("isolation") not in (None, *ISOLATION_LEVELS)
+        type(body) is not dict
+        or body.get("isolation") not in (None, *ISOLATION_LEVELS)
+        or not (body.get("sql") is None or (type(body["sql"]) is bytes and body["sql"]))
     ):
         levels = ", ".join(sorted(ISOLATION_LEVELS))
         return f"begin body must be a map with isolation one of {levels}"

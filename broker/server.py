@@ -629,6 +629,11 @@ class Server:
             self._release(worker)
         elif op == Op.BEGIN:
             req.steps = begin_statements(req.body)
+            first = req.body.get("sql")
+            if first:
+                req.steps.append(first)  # the transaction's first statement, same trip
+                if not statement.leaves_session_clean(first):
+                    worker.dirty = True
             worker.send(COM_QUERY + req.steps[0], self._begin_done, req.deadline)
         elif op == Op.SESSION_OPEN:
             worker.request = None
@@ -751,7 +756,8 @@ class Server:
             worker.dirty = True
             self._after_command(worker)
             return
-        if worker.scanner.error:
+        first = req.body.get("sql")
+        if worker.scanner.error and not (first and req.index == len(req.steps) - 1):
             worker.request = None
             worker.dirty = True
             self._fail(req, error_from_packets(data))  # type: ignore[arg-type]
@@ -765,7 +771,9 @@ class Server:
             return
         worker.request = None
         pin = self._pin(worker, "transaction", req, req.body.get("who"))
-        self._answer(req, Status.VALUE, pin.id)
+        # With a first statement, its result (or MySQL's error for it) comes
+        # along; the transaction is open either way, as MySQL leaves it.
+        self._reply(req, Status.VALUE, [pin.id, data] if first else pin.id)
 
     def _end_done(
         self, worker: Worker, data: bytes | None, err: errors.Error | None

@@ -384,7 +384,9 @@ class Connection:
         self._check_open()
         if self._autocommit:
             raise ProgrammingError(0, "begin() needs autocommit off")
-        self._transaction()
+        tx = self._transaction()
+        if not tx.pin:
+            tx.begin()
 
     def commit(self) -> None:
         """Commit the open transaction and free its MySQL connection, if any."""
@@ -472,8 +474,7 @@ class Connection:
                 readonly=self.readonly,
                 timeout=self.timeout,
             )
-            tx.begin()
-            self._tx = tx
+            self._tx = tx  # it begins with its first statement, in the same trip
         return tx
 
     def _end_transaction(self) -> None:

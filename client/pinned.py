@@ -108,13 +108,16 @@ class Transaction(_Pinned):
         self._finished = False
 
     def __enter__(self) -> Transaction:
-        self.begin()
+        # Nothing is sent yet: the first statement travels with BEGIN, saving a
+        # round trip, and a block that runs no statement costs none.
+        self._check_owner()
         return self
 
     def __exit__(
         self, exc_type: type | None, exc: BaseException | None, tb: object
     ) -> None:
         if not self.pin:
+            self._finished = True
             return
         if exc_type is None:
             self.commit()
@@ -131,12 +134,37 @@ class Transaction(_Pinned):
         self._check_owner()
         if self.pin or self._finished:
             raise errors.InterfaceError(errors.ER_BAD_PIN, "transaction already begun")
-        body = {
+        self.pin = self._client._call(
+            Op.BEGIN, self._timeout, 0, self._options(), Status.VALUE
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return {
             "isolation": self.isolation,
             "readonly": self.readonly,
             "who": self._client.who(),
         }
-        self.pin = self._client._call(Op.BEGIN, self._timeout, 0, body, Status.VALUE)
+
+    def query(
+        self, sql: str, params: Params = None, *, timeout: float | None = None
+    ) -> Result:
+        """Run one statement in the transaction (the first one begins it)."""
+        if self.pin or self._finished:
+            return super().query(sql, params, timeout=timeout)
+        self._check_owner()
+        timeout = self._timeout_for(timeout)
+        codec = self._client._codec(timeout)
+        body = {**self._options(), "sql": codec.render(sql, params)}
+        self.pin, packets = self._client._call(Op.BEGIN, timeout, 0, body, Status.VALUE)
+        return codec.decode(packets)
+
+    def executemany(
+        self, sql: str, seq_params: Iterable[Params], *, timeout: float | None = None
+    ) -> Result:
+        """Run sql once per parameter set in the transaction."""
+        if not self.pin and not self._finished:
+            self.begin()
+        return super().executemany(sql, seq_params, timeout=timeout)
 
     def commit(self, *, timeout: float | None = None) -> None:
         """Commit, and free the connection."""
@@ -148,6 +176,9 @@ class Transaction(_Pinned):
 
     def _end(self, op: Op, timeout: float | None) -> None:
         self._check_owner()
+        if not self.pin and not self._finished:
+            self._finished = True  # never begun: nothing to commit or roll back
+            return
         if not self.pin:
             raise errors.InterfaceError(errors.ER_BAD_PIN, "transaction is not open")
         timeout = self._timeout_for(timeout)

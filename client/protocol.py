@@ -59,7 +59,7 @@ class Op(enum.IntEnum):
     STATS = 3  # body None; reply VALUE, the `broker status --json` dict
     QUERY = 4  # body SQL bytes; reply PACKETS
     EXECUTEMANY = 5  # body [SQL bytes, ...] run in order, stop at an error; BATCH
-    BEGIN = 6  # body {isolation, readonly, who}; reply VALUE pin id
+    BEGIN = 6  # body {isolation, readonly, who[, sql]}; VALUE pin id, or [pin, PACKETS]
     COMMIT = 7  # pin; body None; reply PACKETS; the pin ends
     ROLLBACK = 8  # pin; body None; reply PACKETS; the pin ends
     SESSION_OPEN = 9  # body {who}; reply VALUE pin id

@@ -197,3 +197,16 @@ def test_lock_wait_timeout_rolls_back_only_the_statement(broker, accounts):
             assert tx.query("SELECT bal FROM acct WHERE id = 2").scalar() == 7
             hold.rollback()
     assert accounts.query("SELECT bal FROM acct ORDER BY id").rows == [(100,), (7,)]
+
+
+def test_transaction_begins_with_its_first_statement(accounts):
+    with accounts.transaction() as tx:
+        assert accounts.stats()["pins"] == []  # nothing sent yet
+        with pytest.raises(client.ProgrammingError):
+            tx.query("SELECT * FROM nowhere")  # the first statement fails ...
+        assert accounts.stats()["pins"][0]["kind"] == "transaction"  # ... it is open
+        tx.query("UPDATE acct SET bal = 1 WHERE id = 1")
+    assert accounts.query("SELECT bal FROM acct WHERE id = 1").scalar() == 1
+    with accounts.transaction():
+        pass  # no statement, no round trip, nothing pinned
+    assert accounts.stats()["pins"] == []
