@@ -674,13 +674,8 @@ class Server:
     def _batch_done(
         self, worker: Worker, data: bytes | None, err: errors.Error | None
     ) -> None:
-        req = worker.request
-        if err is not None:
-            worker.request = None
-            self._lost(worker, req, err)
-            return
+        req = self._next_step(worker, err)
         if req is None:
-            self._after_command(worker)
             return
         req.replies.append(data)  # type: ignore[arg-type]
         req.index += 1
@@ -744,17 +739,30 @@ class Server:
         self._fail(req, err)
         return True
 
-    def _begin_done(
-        self, worker: Worker, data: bytes | None, err: errors.Error | None
-    ) -> None:
+    def _next_step(
+        self, worker: Worker, err: errors.Error | None, dirty: bool = False
+    ) -> Request | None:
+        """Return the request a multi-statement command goes on with, or None.
+
+        None when the connection died (the request is answered) or the request
+        was cancelled meanwhile (the worker is freed; dirty when half-done
+        work may stay in the session).
+        """
         req = worker.request
         if err is not None:
             worker.request = None
             self._lost(worker, req, err)
-            return
+            return None
         if req is None:
-            worker.dirty = True
+            worker.dirty = worker.dirty or dirty
             self._after_command(worker)
+        return req
+
+    def _begin_done(
+        self, worker: Worker, data: bytes | None, err: errors.Error | None
+    ) -> None:
+        req = self._next_step(worker, err, dirty=True)
+        if req is None:
             return
         first = req.body.get("sql")
         if worker.scanner.error and not (first and req.index == len(req.steps) - 1):

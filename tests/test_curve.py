@@ -37,23 +37,34 @@ def keys(tmp_path):
     return {"server": server, "known": known, "other": other, "dir": authorised}
 
 
-def test_curve_serves_a_known_key_and_refuses_an_unknown_one(make_broker, keys):
+def _curve_broker(make_broker, keys, **pool) -> str:
+    """Start a broker with a CurveZMQ tcp endpoint; return the endpoint."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     make_broker(
+        **pool,
         broker={
             "endpoint": [endpoint],
             "curve_secret_key": str(keys["server"][1]),
             "curve_authorized_keys": str(keys["dir"]),
-        }
+        },
     )
-    server_public = str(keys["server"][0])
-    known = client.Client(
-        endpoint, timeout=5, server_key=server_public, client_key=str(keys["known"][1])
+    return endpoint
+
+
+def _keyed(endpoint, keys, name, timeout=5):
+    return client.Client(
+        endpoint,
+        timeout=timeout,
+        server_key=str(keys["server"][0]),
+        client_key=str(keys[name][1]),
     )
+
+
+def test_curve_serves_a_known_key_and_refuses_an_unknown_one(make_broker, keys):
+    endpoint = _curve_broker(make_broker, keys)
+    known = _keyed(endpoint, keys, "known")
     assert known.query("SELECT 41 + 1").scalar() == 42
-    stranger = client.Client(
-        endpoint, timeout=1, server_key=server_public, client_key=str(keys["other"][1])
-    )
+    stranger = _keyed(endpoint, keys, "other", timeout=1)
     with pytest.raises(client.BrokerUnavailable):
         stranger.query("SELECT 1")
     plain = client.Client(endpoint, timeout=1)
@@ -66,26 +77,13 @@ def test_curve_serves_a_known_key_and_refuses_an_unknown_one(make_broker, keys):
 def test_pool_allowed_keys_limit_which_clients_use_it(make_broker, keys):
     from zmq.auth import load_certificate
 
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
     other_public = load_certificate(str(keys["other"][0]))[0].decode()
     (keys["dir"] / "other.key").write_bytes(keys["other"][0].read_bytes())
-    make_broker(
-        allowed_keys=[other_public],
-        broker={
-            "endpoint": [endpoint],
-            "curve_secret_key": str(keys["server"][1]),
-            "curve_authorized_keys": str(keys["dir"]),
-        },
-    )
-    server_public = str(keys["server"][0])
-    known = client.Client(
-        endpoint, timeout=5, server_key=server_public, client_key=str(keys["known"][1])
-    )
+    endpoint = _curve_broker(make_broker, keys, allowed_keys=[other_public])
+    known = _keyed(endpoint, keys, "known")
     with pytest.raises(client.ProgrammingError, match="allowed_keys"):
         known.query("SELECT 1")
-    other = client.Client(
-        endpoint, timeout=5, server_key=server_public, client_key=str(keys["other"][1])
-    )
+    other = _keyed(endpoint, keys, "other")
     assert other.query("SELECT 2").scalar() == 2
     known.close()
     other.close()
