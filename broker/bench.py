@@ -96,6 +96,7 @@ class Settings:
     duration: float  # seconds of load per side in each cell, over all rounds
     rounds: int
     max_size: int
+    pipeline_depth: int
     rows: int
     stream_rows: int
     timeout: float
@@ -203,6 +204,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     parser.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=4,
+        help="pipeline_depth of the broker's pool, when the bench starts the "
+        "broker (default %(default)s; 1 = off, the config default)",
+    )
+    parser.add_argument(
         "--rows",
         type=int,
         default=100_000,
@@ -248,6 +256,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         ("--timeout", args.timeout, args.timeout > 0, "> 0"),
         ("--rounds", args.rounds, args.rounds >= 1, ">= 1"),
         ("--max-size", args.max_size, args.max_size >= 1, ">= 1"),
+        ("--pipeline-depth", args.pipeline_depth, args.pipeline_depth >= 1, ">= 1"),
         ("--rows", args.rows, args.rows >= RANGE_ROWS, f">= {RANGE_ROWS}"),
         ("--stream-rows", args.stream_rows, args.stream_rows >= 1, ">= 1"),
     ):
@@ -261,6 +270,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         duration=args.duration,
         rounds=args.rounds,
         max_size=args.max_size,
+        pipeline_depth=args.pipeline_depth,
         rows=args.rows,
         stream_rows=args.stream_rows,
         timeout=args.timeout,
@@ -351,7 +361,8 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
     )
     about = (
         f"broker bench: {version} at {where}; broker pid {stats['pid']} pool "
-        f"{settings.pool!r} max_size {pool_stats['max_size']}; {os.cpu_count()} CPUs; "
+        f"{settings.pool!r} max_size {pool_stats['max_size']} pipeline_depth "
+        f"{pool_stats.get('pipeline_depth', 1)}; {os.cpu_count()} CPUs; "
         f"{settings.rounds} x {settings.duration / settings.rounds:g} s per side "
         "per cell, interleaved"
     )
@@ -472,6 +483,7 @@ def _start_broker(
         "dsn": dsn,
         "min_size": 1,
         "max_size": settings.max_size,
+        "pipeline_depth": settings.pipeline_depth,
         "queue_timeout": settings.timeout,
         "query_timeout": settings.timeout,
     }

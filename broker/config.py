@@ -181,6 +181,7 @@ class PoolConfig:
     max_lifetime: float = 3600.0  # live
     idle_timeout: float = 600.0  # live
     max_uses: int = 0  # live; 0 = never recycle by use count
+    pipeline_depth: int = 1  # live; plain reads one connection may hold at once
     init_sql: tuple[str, ...] = ()  # live; applies to new connections
     query_timeout: float = 30.0  # live
     transaction_idle_timeout: float = 60.0  # live
@@ -206,6 +207,7 @@ class PoolConfig:
             "min_size": lambda k, v: _int(k, v, 0),
             "max_size": lambda k, v: _int(k, v, 1),
             "max_uses": lambda k, v: _int(k, v, 0),
+            "pipeline_depth": lambda k, v: _int(k, v, 1),
             "queue_timeout": _seconds,
             "idle_timeout": _seconds,
             # 0 would read as "no limit" to some and "instantly" to others: refuse it.
@@ -781,6 +783,11 @@ def describe(config: Config) -> str:
             f"idle_timeout {pool.idle_timeout:g}s, "
             f"max_uses {pool.max_uses or 'unlimited'}",
             f"  init_sql: {len(pool.init_sql)} statement(s)"
-            + (", read_only" if pool.read_only else ""),
+            + (", read_only" if pool.read_only else "")
+            + (
+                f", pipeline_depth {pool.pipeline_depth}"
+                if pool.pipeline_depth > 1
+                else ""
+            ),
         ]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ class PoolMetrics:
         self.recycled = 0  # closed by max_lifetime, max_uses, idle_timeout, reload
         self.resets = 0
         self.pings = 0  # health checks before handing out an idle connection
+        self.pipelined = 0  # reads sent behind another on a busy connection
         self.abandoned = 0  # pins freed after transaction_idle_timeout
         self.latencies: collections.deque[float] = collections.deque(
             maxlen=LATENCY_WINDOW
@@ -183,5 +184,6 @@ _POOL_COUNTERS = {
     "recycled": "MySQL connections closed by lifetime, uses, idle time or reload.",
     "resets": "Session resets (COM_RESET_CONNECTION).",
     "pings": "Health checks of idle connections.",
+    "pipelined": "Reads sent behind another read on a busy connection.",
     "abandoned": "Pins (transactions, sessions, streams) freed after going silent.",
 }

@@ -169,6 +169,7 @@ class Pool:
             "dsn": self.config.safe_dsn(),
             "min_size": self.config.min_size,
             "max_size": self.config.max_size,
+            "pipeline_depth": self.config.pipeline_depth,
             "size": len(self.workers),
             "opening": self.opening,
             "idle": states["idle"],

@@ -26,6 +26,7 @@ class Request:
 
     __slots__ = (
         "body",
+        "bystander",
         "cancelled",
         "client",
         "deadline",
@@ -34,6 +35,7 @@ class Request:
         "owner",
         "peer",
         "pin",
+        "pipeable",
         "pool",
         "received",
         "replies",
@@ -56,6 +58,8 @@ class Request:
         self.cancelled = (
             ""  # why a write was cancelled; its reply waits for the outcome
         )
+        self.pipeable: bool | None = None  # a plain read that may share a connection
+        self.bystander = False  # pipelined while a KILL QUERY was on its way
         self.received = time.monotonic()
         self.deadline = 0.0
         self.timeout = 0.0

@@ -76,6 +76,10 @@ PING_AFTER_IDLE = 5.0  # health-check a connection idle longer than this before 
 # A cancelled statement still running after this: drop the connection. Below the
 # client's GRACE, so a write's caller hears the outcome before giving up.
 KILL_GRACE = 1.5
+# Pipeline a read only behind one sent this recently: one that has run longer
+# may be slow, and whatever waits behind it on its connection waits as long.
+PIPELINE_WINDOW = 0.002
+MAX_PIPED_BYTES = 65536  # longer statements gain nothing from sharing a trip
 ROUTER_BATCH = 256  # requests taken per wake-up before MySQL sockets get a turn
 HARD_LIMIT_FACTOR = 4  # libzmq drops (unanswered) frames over this x max_message_bytes
 ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
@@ -87,6 +91,23 @@ def _may_write(req: Request) -> bool:
     """Whether a request's statement may change data (so a cancel must wait)."""
     return req.op in (Op.EXECUTEMANY, Op.COMMIT) or (
         req.op == Op.QUERY and not statement.is_read(req.body)
+    )
+
+
+def _pipeable(req: Request) -> bool:
+    """Whether a request is a plain read that may wait behind another on a connection.
+
+    Its result does not depend on what ran before it on the connection, it
+    leaves nothing behind for what runs after, and repeating it is harmless
+    (see `Server._query_done`: a read hit by a KILL QUERY meant for the one
+    ahead of it runs again).
+    """
+    body = req.body
+    return (
+        req.op == Op.QUERY
+        and len(body) < MAX_PIPED_BYTES
+        and statement.is_read(body)
+        and statement.leaves_session_clean(body)
     )
 
 
@@ -499,6 +520,12 @@ class Server:
                 self._cancel(worker, time.monotonic(), "cancelled by the client")
                 self._answer(req, Status.VALUE, True)
                 return
+            for piped in worker.piped:
+                if piped.req_id == target and piped.peer == req.peer:
+                    if not piped.cancelled:
+                        self._drop_piped(piped, "cancelled by the client")
+                    self._answer(req, Status.VALUE, True)
+                    return
         for pool in self.pools.values():
             for queued in pool.queue:
                 if queued.req_id == target and queued.peer == req.peer:
@@ -553,7 +580,15 @@ class Server:
         worker = pool.check_out()
         if worker is not None:
             self._start(worker, req)
-        elif len(pool.queue) >= MAX_QUEUE:
+            return
+        if pool.config.pipeline_depth > 1:
+            req.pipeable = _pipeable(req)
+            if req.pipeable and not pool.queue:
+                worker = self._pipeline_target(pool)
+                if worker is not None:
+                    self._pipe(worker, req)
+                    return
+        if len(pool.queue) >= MAX_QUEUE:
             pool.metrics.pool_timeouts += 1
             self._fail(
                 req,
@@ -564,6 +599,38 @@ class Server:
             )
         else:
             pool.queue.append(req)
+
+    def _pipeline_target(self, pool: Pool) -> Worker | None:
+        """Return the busy connection with the fewest reads behind a fresh read."""
+        room = pool.config.pipeline_depth - 1
+        fresh = time.monotonic() - PIPELINE_WINDOW
+        best = None
+        for worker in pool.workers:
+            if (
+                worker.pipe_ok
+                and worker.request is not None
+                and not worker.cancelling
+                and worker.head_since >= fresh
+                and len(worker.piped) < room
+                and (best is None or len(worker.piped) < len(best.piped))
+            ):
+                best = worker
+        return best
+
+    def _pipe(self, worker: Worker, req: Request) -> None:
+        worker.pipe(COM_QUERY + req.body, req)
+        worker.pool.metrics.pipelined += 1
+
+    def _fill_pipeline(self, worker: Worker) -> None:
+        """Send the plain reads at the head of the queue behind the one just sent."""
+        queue = worker.pool.queue
+        room = worker.pool.config.pipeline_depth - 1
+        while queue and queue[0].pipeable and len(worker.piped) < room:
+            req = queue.popleft()
+            if time.monotonic() < req.deadline:
+                self._pipe(worker, req)
+            else:
+                self._timeout_unsent(req)
 
     def _start(self, worker: Worker, req: Request) -> None:
         """Run req on a checked-out worker, health-checking it first if it sat idle."""
@@ -616,9 +683,14 @@ class Server:
         op = req.op
         worker.request = req
         if op == Op.QUERY:
-            if not statement.leaves_session_clean(req.body):
+            if worker.pool.config.pipeline_depth > 1 and req.pipeable is None:
+                req.pipeable = _pipeable(req)
+            if not req.pipeable and not statement.leaves_session_clean(req.body):
                 worker.dirty = True
             worker.send(COM_QUERY + req.body, self._query_done, req.deadline)
+            if req.pipeable:
+                worker.pipe_ok = True
+                self._fill_pipeline(worker)
         elif op == Op.EXECUTEMANY:
             if not all(map(statement.leaves_session_clean, req.body)):
                 worker.dirty = True
@@ -663,13 +735,49 @@ class Server:
         if err is not None:
             self._lost(worker, req, err)
             return
-        if req is not None and not self._answer_cancelled(worker, req, data, 0):
+        if req is not None and req.bystander and self._interrupted(worker, data):
+            # A KILL QUERY meant for the read ahead of it landed on it: run it again.
+            req.bystander = False
+            worker.pool.queue.appendleft(req)
+        elif req is not None and not self._answer_cancelled(worker, req, data, 0):
             if worker.scanner.error:
                 worker.pool.metrics.sql_errors += 1
             self._reply(req, Status.PACKETS, data)
         if worker.pin is None and worker.scanner.status & IN_TRANS:
             worker.dirty = True  # an unpinned BEGIN: roll it back before reuse
+        if worker.piped:
+            self._next_piped(worker)
+            return
         self._after_command(worker)
+
+    def _next_piped(self, worker: Worker) -> None:
+        """Make the next piped read the one whose response comes next."""
+        req = worker.piped.popleft()
+        worker.cancel_started = 0.0  # the cancelled statement, if any, has ended
+        # One answered while it waited runs unwanted: its deadline (passed) kills it.
+        worker.request = None if req.cancelled else req
+        worker.deadline = req.deadline
+
+    def _drop_piped(self, req: Request, why: str) -> None:
+        """Answer a piped read now; the response it still gets is thrown away."""
+        req.cancelled = why
+        req.pool.metrics.query_timeouts += 1  # type: ignore[union-attr]
+        self._fail(
+            req,
+            errors.QueryTimeout(
+                errors.ER_QUERY_TIMEOUT,
+                f"statement cancelled: {why} while it waited behind another "
+                "statement on its MySQL connection",
+            ),
+        )
+
+    @staticmethod
+    def _interrupted(worker: Worker, data: bytes | None) -> bool:
+        return (
+            worker.scanner.error
+            and data is not None
+            and error_from_packets(data).errno in _INTERRUPTED
+        )
 
     def _batch_done(
         self, worker: Worker, data: bytes | None, err: errors.Error | None
@@ -872,6 +980,10 @@ class Server:
                 )
             else:
                 self._fail(req, err)
+        for piped in worker.piped:
+            if not piped.cancelled:
+                self._fail(piped, err)  # plain reads: nothing was written
+        worker.piped.clear()
         if pin is not None:
             self._end_pin(
                 pin, "its MySQL connection was lost (MySQL rolled back any transaction)"
@@ -1103,6 +1215,8 @@ class Server:
         worker.cancelling = True
         worker.cancel_started = now
         worker.deadline = 0.0  # one KILL per statement; KILL_GRACE covers the rest
+        for piped in worker.piped:
+            piped.bystander = True  # the KILL may land on it if the head just ended
         pin = worker.pin
         req = worker.request
         if req is None and pin is not None and pin.kind == "stream":
@@ -1162,6 +1276,9 @@ class Server:
                     worker.lost("cancelled statement did not stop")
             elif worker.deadline and now >= worker.deadline and worker.running:
                 self._cancel(worker, now)
+            for piped in worker.piped:
+                if now >= piped.deadline and not piped.cancelled:
+                    self._drop_piped(piped, f"deadline of {piped.timeout:.3f} s passed")
         for pool in self.pools.values():
             pool.expire_queue(now, self._expire)
         if now >= self._next_janitor:

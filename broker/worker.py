@@ -7,14 +7,18 @@ command packet at a time and reads the response into a buffer that the
 thread hand-off and no row parsing happen per statement: that is what lets one
 Python thread serve thousands of statements a second.
 
-A worker runs at most one command at a time. When the response is complete it
-calls the command's callback with the raw packets; a stream's callback is
-called once per chunk, and reading pauses between chunks so an unread result
-waits in MySQL's socket buffers, not in the broker's memory.
+A worker runs one command at a time, except that plain reads may be
+pipelined behind a running read (`pipe`): MySQL answers commands in the order
+it reads them, so the responses are cut apart in order and each goes to its
+own request. When a response is complete the worker calls the command's
+callback with the raw packets; a stream's callback is called once per chunk,
+and reading pauses between chunks so an unread result waits in MySQL's socket
+buffers, not in the broker's memory.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import socket
@@ -73,6 +77,10 @@ class Worker:
         self.pool: Any = None  # the Pool it belongs to (set by the server)
         self.config: Any = None  # the PoolConfig it was opened with
         self.request: Any = None  # the Request its running command answers
+        # Requests whose statements were sent behind the running one, in order.
+        self.piped: collections.deque[Any] = collections.deque()
+        self.head_since = 0.0  # when the running command's response became next
+        self.pipe_ok = False  # the running command is a plain read: pipe behind it
         self.pin: Any = None  # the Pin holding it, when PINNED or busy for one
         self.on_closed: Callable[[Worker], None] | None = (
             None  # lost while no command ran
@@ -127,10 +135,23 @@ class Worker:
         self.chunk_rows = self._row_limit = chunk_rows
         self.cancelling = False
         self.cancel_started = 0.0
+        self.pipe_ok = False
         self.scanner.reset()
         self.uses += 1
-        self.last_used = time.monotonic()
+        self.last_used = self.head_since = time.monotonic()
         self._out = packet
+        self.flush()
+
+    def pipe(self, command: bytes, req: Any) -> None:
+        """Send a command behind the running one; its response goes to the same done.
+
+        For statements that fit in one packet and whose outcome does not
+        depend on what runs before them on the connection (plain reads).
+        """
+        assert self._done is not None, f"{self} runs no command"  # noqa: S101
+        self.piped.append(req)
+        self.uses += 1
+        self._out += len(command).to_bytes(3, "little") + b"\x00" + command
         self.flush()
 
     @staticmethod
@@ -222,6 +243,15 @@ class Worker:
             self._in += buf[end:]
         scanner.end = 0
         callback = self._done
+        if done and self.piped:
+            # Another response follows: the callback moves `request` on to it.
+            scanner.reset()
+            self.head_since = time.monotonic()
+            assert callback is not None  # noqa: S101
+            callback(self, data, None)
+            if self._in and self._done is not None:
+                self._deliver(self._in)
+            return
         if done:
             self._done = None
             self.deadline = 0.0
