@@ -97,6 +97,7 @@ class Settings:
     rounds: int
     max_size: int
     pipeline_depth: int
+    busy_poll_us: int
     rows: int
     stream_rows: int
     timeout: float
@@ -211,6 +212,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "broker (default %(default)s; 1 = off, the config default)",
     )
     parser.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=200,
+        metavar="US",
+        help="busy_poll_us of the broker, when the bench starts the broker "
+        "(default %(default)s; 0 = off, the config default)",
+    )
+    parser.add_argument(
         "--rows",
         type=int,
         default=100_000,
@@ -257,6 +266,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         ("--rounds", args.rounds, args.rounds >= 1, ">= 1"),
         ("--max-size", args.max_size, args.max_size >= 1, ">= 1"),
         ("--pipeline-depth", args.pipeline_depth, args.pipeline_depth >= 1, ">= 1"),
+        (
+            "--busy-poll-us",
+            args.busy_poll_us,
+            0 <= args.busy_poll_us <= 100_000,
+            "0-100000",
+        ),
         ("--rows", args.rows, args.rows >= RANGE_ROWS, f">= {RANGE_ROWS}"),
         ("--stream-rows", args.stream_rows, args.stream_rows >= 1, ">= 1"),
     ):
@@ -271,6 +286,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         rounds=args.rounds,
         max_size=args.max_size,
         pipeline_depth=args.pipeline_depth,
+        busy_poll_us=args.busy_poll_us,
         rows=args.rows,
         stream_rows=args.stream_rows,
         timeout=args.timeout,
@@ -362,7 +378,8 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
     about = (
         f"broker bench: {version} at {where}; broker pid {stats['pid']} pool "
         f"{settings.pool!r} max_size {pool_stats['max_size']} pipeline_depth "
-        f"{pool_stats.get('pipeline_depth', 1)}; {os.cpu_count()} CPUs; "
+        f"{pool_stats.get('pipeline_depth', 1)} busy_poll_us "
+        f"{stats.get('busy_poll_us', 0)}; {os.cpu_count()} CPUs; "
         f"{settings.rounds} x {settings.duration / settings.rounds:g} s per side "
         "per cell, interleaved"
     )
@@ -489,7 +506,13 @@ def _start_broker(
     }
     if settings.password_file:
         pool["password_file"] = os.path.abspath(settings.password_file)
-    lines = ["[broker]", f"endpoint = {_toml(endpoint)}", 'log_level = "warning"', ""]
+    lines = [
+        "[broker]",
+        f"endpoint = {_toml(endpoint)}",
+        'log_level = "warning"',
+        f"busy_poll_us = {settings.busy_poll_us}",
+        "",
+    ]
     lines += [f"[pools.{settings.pool}]"]
     lines += [f"{key} = {_toml(value)}" for key, value in pool.items()]
     config.write_text("\n".join(lines) + "\n")

@@ -49,6 +49,7 @@ DSN_SCHEMES = ("mysql", "mariadb")
 ENDPOINT_SCHEMES = ("ipc://", "tcp://", "inproc://")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_MESSAGE_BYTES = 1024  # smaller could not carry a request header and its SQL
+MAX_BUSY_POLL_US = 100_000  # beyond this a spin is no longer a short wait
 MAX_CONNECT_TIMEOUT = 31536000.0  # pymysql refuses anything above one year
 DEFAULT_CONNECT_TIMEOUT = 10.0  # pymysql's own default
 DEFAULT_CHARSET = "utf8mb4"
@@ -294,6 +295,7 @@ class BrokerConfig:
     curve_secret_key: str | None = None  # restart; `broker keygen` secret key file
     curve_authorized_keys: str | None = None  # restart; directory of client .key files
     allow_insecure_tcp: bool = False  # restart; plain tcp on a non-loopback address
+    busy_poll_us: int = 0  # live; spin this long for the next event before sleeping
 
     def __post_init__(self) -> None:
         endpoints = _strings("broker.endpoint", self.endpoint)
@@ -327,6 +329,12 @@ class BrokerConfig:
             )
         object.__setattr__(self, "log_level", level.lower())
         _int("broker.max_inflight_per_client", self.max_inflight_per_client, 0)
+        _int("broker.busy_poll_us", self.busy_poll_us, 0)
+        if self.busy_poll_us > MAX_BUSY_POLL_US:
+            raise _error(
+                "broker.busy_poll_us",
+                f"must be at most {MAX_BUSY_POLL_US} (µs), got {self.busy_poll_us}",
+            )
         _bool("broker.allow_insecure_tcp", self.allow_insecure_tcp)
         for key in ("socket_group", "curve_secret_key", "curve_authorized_keys"):
             if getattr(self, key) is not None:

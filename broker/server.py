@@ -282,8 +282,14 @@ class Server:
         poll = self.poller.poll
         router = self.router
         workers, peers = self._workers, self._peers
+        events: list = []
         while not self._stop:
-            for sock, event in poll(TICK * 1000):
+            # Spin only while traffic flows: after a wake-up that brought events.
+            spin = self.config.broker.busy_poll_us if events else 0
+            events = poll(0 if spin else TICK * 1000)
+            if spin and not events:
+                events = self._busy_poll(spin / 1e6) or poll(TICK * 1000)
+            for sock, event in events:
                 if sock is router:
                     self._drain_router()
                 elif (peer := peers.get(sock)) is not None:
@@ -303,6 +309,22 @@ class Server:
             now = time.monotonic()
             if now >= self._next_tick:
                 self._tick(now)
+
+    def _busy_poll(self, seconds: float) -> list:
+        """Poll without sleeping for a while; return what arrived (or []).
+
+        Going to sleep and being woken costs a few tens of µs on a VM each
+        time, and under steady traffic the next request or MySQL response
+        is usually that close. sched_yield lets any runnable process have
+        the CPU first, so the spin only uses time nobody else wants.
+        """
+        poll, clock, yield_cpu = self.poller.poll, time.perf_counter, os.sched_yield
+        until = clock() + seconds
+        while clock() < until:
+            yield_cpu()
+            if events := poll(0):
+                return events
+        return []
 
     def _accept(self, listener: Listener) -> None:
         limit = self.config.broker.max_message_bytes * HARD_LIMIT_FACTOR
@@ -1498,6 +1520,7 @@ class Server:
             "pid": os.getpid(),
             "endpoints": list(self.config.broker.endpoint),
             "draining": self.draining,
+            "busy_poll_us": self.config.broker.busy_poll_us,
             **self.metrics.snapshot(),
             "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
             "pins": [pin.snapshot(now) for pin in self.pins.values()],

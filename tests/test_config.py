@@ -342,6 +342,18 @@ INVALID = [
         r"^broker\.metrics_address: .* got 'localhost:http'$",
     ),
     (
+        "[broker]\nbusy_poll_us = -1",
+        r"^broker\.busy_poll_us: must be an integer >= 0, got -1$",
+    ),
+    (
+        "[broker]\nbusy_poll_us = 500000",
+        r"^broker\.busy_poll_us: must be at most 100000 \(µs\), got 500000$",
+    ),
+    (
+        "[pools.default]\ndsn = 'mysql://u@h/db'\npipeline_depth = 0",
+        r"^pools\.default\.pipeline_depth: must be an integer >= 1, got 0$",
+    ),
+    (
         "[broker]\nlog_level = 'loud'",
         r"^broker\.log_level: must be one of debug, info, warning, error, got 'loud'$",
     ),

@@ -1,7 +1,10 @@
-"""Pipelining: plain reads sent behind a running read on one MySQL connection."""
+"""Throughput options: pipelined reads on a busy MySQL connection, busy polling."""
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +145,29 @@ def test_piped_reads_fail_cleanly_when_their_connection_dies(make_broker, direct
         assert "Lost connection" in out["error"].msg
         assert out["seconds"] < 3.0
     assert c.query("SELECT 'again'").scalar() == "again"  # a new connection
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_polling_serves_and_sleeps_when_traffic_stops(
+    make_broker, mysql_dsn, password_file
+):
+    b = make_broker(max_size=2, pipeline_depth=4, broker={"busy_poll_us": 2000})
+    c = b.client()
+    assert c.stats()["busy_poll_us"] == 2000
+    values = [c.query("SELECT %s", (i,)).scalar() for i in range(300)]
+    assert values == list(range(300))
+    time.sleep(0.2)
+    before = _cpu_seconds(b.proc.pid)
+    time.sleep(1.0)  # no traffic: the spin ends 2 ms after the last event
+    assert _cpu_seconds(b.proc.pid) - before < 0.05
+    b.write_config(mysql_dsn, str(password_file), {"max_size": 2}, {})
+    b.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while c.stats()["busy_poll_us"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert c.stats()["busy_poll_us"] == 0  # live on reload
+    assert c.stats()["pools"]["default"]["pipeline_depth"] == 1
