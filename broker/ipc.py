@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 RECV_BYTES = 65536
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # a peer this far behind on replies is cut off
 BACKLOG = 1024
+# Replies shorter than this are joined to their header and sent with send():
+# copying a few KiB costs less than sendmsg()'s two-buffer call (~1.3 µs).
+ZERO_COPY_BYTES = 16384
 ACCEPTS_PER_WAKE = 64
 _SOCKET_TYPES = (b"DEALER", b"REQ")
 
@@ -144,7 +147,7 @@ class Peer:
 
     def write_frame(self, body: bytes) -> None:
         """Send one message frame; large bodies go out without being copied."""
-        if len(body) < 256 or self._out or self.closed:
+        if len(body) < ZERO_COPY_BYTES or self._out or self.closed:
             self.write(zmtp.encode_frame(body))
             return
         header = zmtp.frame_header(len(body))
