@@ -114,6 +114,7 @@ class Target:
     client: client.Client
     connect_args: dict
     broker_pid: int | None
+    mysql_pid: int | None  # the MySQL server's, when it runs on this host
     pool: str
 
 
@@ -138,6 +139,8 @@ class RunResult:
     errors: int
     first_error: str | None
     cpu_seconds: float | None  # the broker's, while it ran; None for direct
+    client_cpu_seconds: float  # all clients' together, while they measured
+    mysql_cpu_seconds: float | None  # the MySQL server's; None when not local
 
 
 # -- command line ---------------------------------------------------------------
@@ -148,9 +151,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Scenarios: "
         + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items())
-        + ". qps of range and stream is rows/s, and their broker µs/q is per "
-        "1,000 rows. The bench creates tables bench_accounts and bench_inserts "
-        "and drops them at the end."
+        + ". qps of range and stream is rows/s, and their µs/q figures are per "
+        "1,000 rows. broker µs/q is the broker's CPU time per query; all µs/q is "
+        "the CPU time of the clients, the broker and MySQL together (MySQL's "
+        "when it runs on this host, else -), the cost that bounds throughput "
+        "when every CPU is busy. The bench creates tables bench_accounts and "
+        "bench_inserts and drops them at the end."
     )
     parser.add_argument(
         "--dsn",
@@ -383,7 +389,14 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
         f"{settings.rounds} x {settings.duration / settings.rounds:g} s per side "
         "per cell, interleaved"
     )
-    return Target(target_client, connect_args, broker_pid, settings.pool), about
+    target = Target(
+        target_client,
+        connect_args,
+        broker_pid,
+        _local_mysql_pid(connect_args),
+        settings.pool,
+    )
+    return target, about
 
 
 def _pool_config(dsn: str, password: str | None) -> PoolConfig:
@@ -584,6 +597,23 @@ def _local_broker_pid(pid: int) -> int | None:
     return pid if b"broker" in cmdline else None
 
 
+def _local_mysql_pid(connect_args: dict) -> int | None:
+    """Return the MySQL server's pid if it runs on this host, else None."""
+    try:
+        conn = _connect(connect_args, 10.0)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@pid_file")
+                pid_file = cur.fetchone()[0]
+        finally:
+            conn.close()
+        pid = int(Path(pid_file).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (pymysql.MySQLError, OSError, ValueError, TypeError):
+        return None  # another host, or a file this user may not read
+    return pid if b"mysqld" in cmdline or b"mariadbd" in cmdline else None
+
+
 def _cpu_seconds(pid: int | None) -> float | None:
     """Return user+system CPU seconds of pid from /proc, or None if unreadable."""
     if pid is None:
@@ -740,6 +770,7 @@ def _child_run(job: Job, go_fd: int, out_fd: int) -> bytes:
     clock, mono = time.perf_counter, time.monotonic
     units = errors = 0
     first_error = None
+    cpu_start = time.process_time()
     while True:
         began = clock()
         try:
@@ -752,9 +783,16 @@ def _child_run(job: Job, go_fd: int, out_fd: int) -> bytes:
         if mono() >= end:
             break
     finished = mono()
+    cpu = time.process_time() - cpu_start
     close()
     header = json.dumps(
-        {"units": units, "errors": errors, "error": first_error, "finished": finished}
+        {
+            "units": units,
+            "errors": errors,
+            "error": first_error,
+            "finished": finished,
+            "cpu": cpu,
+        }
     ).encode()
     return struct.pack("!I", len(header)) + header + latencies.tobytes()
 
@@ -850,6 +888,7 @@ def _run(job: Job, n: int) -> RunResult:
         children.collect(b"R", ready_by, "connect and warm up")
         broker = job.side == "broker"
         cpu_before = _cpu_seconds(job.target.broker_pid) if broker else None
+        mysql_before = _cpu_seconds(job.target.mysql_pid)
         start = time.monotonic() + START_DELAY
         go = memoryview(_GO.pack(start) * n)
         while go:
@@ -857,6 +896,7 @@ def _run(job: Job, n: int) -> RunResult:
         report_by = start + job.seconds + job.settings.timeout + REPORT_GRACE
         reports = children.collect(b"D", report_by, "report")
         cpu_after = _cpu_seconds(job.target.broker_pid) if broker else None
+        mysql_after = _cpu_seconds(job.target.mysql_pid)
     finally:
         children.end()
         for fd in (go_r, go_w):
@@ -864,6 +904,7 @@ def _run(job: Job, n: int) -> RunResult:
                 os.close(fd)
     latencies = array("d")
     rows = errors = 0
+    client_cpu = 0.0
     first_error = None
     finished = start
     for payload in reports:
@@ -871,6 +912,7 @@ def _run(job: Job, n: int) -> RunResult:
         head = json.loads(payload[4 : 4 + size])
         latencies.frombytes(payload[4 + size :])
         rows += head["units"]
+        client_cpu += head["cpu"]
         errors += head["errors"]
         first_error = first_error or head["error"]
         finished = max(finished, head["finished"])
@@ -878,10 +920,20 @@ def _run(job: Job, n: int) -> RunResult:
     # Over the whole window, from the common start to the last child's end: a
     # child starved of CPU at the start counts against its side, as it should.
     rate = units / (finished - start) if finished > start else 0.0
-    cpu = None
-    if cpu_before is not None and cpu_after is not None:
-        cpu = cpu_after - cpu_before
-    return RunResult(rate, units, latencies, errors, first_error, cpu)
+    return RunResult(
+        rate,
+        units,
+        latencies,
+        errors,
+        first_error,
+        _spent(cpu_before, cpu_after),
+        client_cpu,
+        _spent(mysql_before, mysql_after),
+    )
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return after - before if before is not None and after is not None else None
 
 
 # -- cells, progress and the table --------------------------------------------------
@@ -925,13 +977,32 @@ def _cell(
     row["ratio"] = row["qps_broker"] / qps_direct if qps_direct else None
     row["conns_broker"] = _broker_stats(target.client, target.pool)["size"]
     row["conns_direct"] = n
-    cpu = [r.cpu_seconds for r in runs["broker"]]
-    units = sum(r.units for r in runs["broker"])
     per = 1000 if scenario in ROW_SCENARIOS else 1  # µs per 1,000 rows, or per query
-    row["broker_cpu_us"] = (
-        sum(cpu) / units * 1e6 * per if units and None not in cpu else None
+    row["broker_cpu_us"] = _per_unit(
+        [r.cpu_seconds for r in runs["broker"]], runs["broker"], per
     )
+    for side, results in runs.items():
+        row[f"client_cpu_{side}_us"] = _per_unit(
+            [r.client_cpu_seconds for r in results], results, per
+        )
+        row[f"mysql_cpu_{side}_us"] = _per_unit(
+            [r.mysql_cpu_seconds for r in results], results, per
+        )
+        parts = [row[f"client_cpu_{side}_us"], row[f"mysql_cpu_{side}_us"]]
+        if side == "broker":
+            parts.append(row["broker_cpu_us"])
+        row[f"cpu_{side}_us"] = None if None in parts else sum(parts)
     return row
+
+
+def _per_unit(
+    seconds: list[float | None], results: list[RunResult], per: int
+) -> float | None:
+    """Return CPU µs per query (per 1,000 rows when per is 1000), or None if unknown."""
+    units = sum(r.units for r in results)
+    if not units or None in seconds:
+        return None
+    return sum(seconds) / units * 1e6 * per  # type: ignore[arg-type]
 
 
 def _bench(settings: Settings, target: Target, progress: Progress) -> Iterator[dict]:
@@ -1000,6 +1071,8 @@ COLUMNS = (
     ("conns broker", "conns_broker", "{}"),
     ("conns direct", "conns_direct", "{}"),
     ("broker µs/q", "broker_cpu_us", "{:,.0f}"),
+    ("all µs/q broker", "cpu_broker_us", "{:,.0f}"),
+    ("all µs/q direct", "cpu_direct_us", "{:,.0f}"),
 )
 
 
@@ -1025,11 +1098,15 @@ def format_table(rows: list[dict], about: str = "") -> str:
     out = [about] if about else []
     out.append(line([header for header, _, _ in COLUMNS]))
     out += [line(values) for values in cells]
+    out.append(
+        "all µs/q: CPU time of clients, broker and MySQL together per query "
+        "(- when MySQL is not on this host)"
+    )
     if any(row["scenario"] in ROW_SCENARIOS for row in rows):
         out.append(
-            "range, stream: qps is rows/s and broker µs/q is per 1,000 rows; "
+            "range, stream: qps is rows/s and µs/q is per 1,000 rows; "
             "stream runs one client"
         )
     if any(row["scenario"] == "txn" for row in rows):
-        out.append("txn: qps and broker µs/q count whole transactions")
+        out.append("txn: qps and µs/q count whole transactions")
     return "\n".join(out)

@@ -76,6 +76,17 @@ def test_bench_json_has_a_row_per_scenario_and_client_count(
         assert 1 <= row["conns_broker"] <= 4, row
         assert row["conns_direct"] == row["clients"]
         assert row["broker_cpu_us"] is not None, row
+        # The sandbox runs here: every process's CPU is counted, on both sides
+        # (MySQL's in clock ticks, which a run this short may not reach).
+        assert row["client_cpu_broker_us"] > 0
+        assert row["client_cpu_direct_us"] > 0
+        assert row["mysql_cpu_broker_us"] >= 0
+        assert row["mysql_cpu_direct_us"] >= 0
+        assert row["cpu_broker_us"] == pytest.approx(
+            row["client_cpu_broker_us"]
+            + row["mysql_cpu_broker_us"]
+            + row["broker_cpu_us"]
+        )
     assert {r["unit"] for r in rows if r["scenario"] == "stream"} == {"rows/s"}
     assert {r["unit"] for r in rows if r["scenario"] != "stream"} == {"queries/s"}
     # One progress line per cell when stderr is not a terminal.
@@ -104,7 +115,7 @@ def test_bench_prints_one_table_using_a_running_broker(
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("scenario"))
     assert lines[header].split("  ")[:3] == ["scenario", "N", "qps broker"]
-    assert lines[header].endswith("broker µs/q")
+    assert lines[header].endswith("broker µs/q  all µs/q broker  all µs/q direct")
     body = [line.split() for line in lines[header + 1 : header + 4]]
     assert [(cols[0], cols[1]) for cols in body] == [
         ("insert", "2"),
@@ -113,10 +124,13 @@ def test_bench_prints_one_table_using_a_running_broker(
     ]
     assert all(cols[9] in ("1", "2") and cols[10] == "2" for cols in body), body
     assert lines[header + 4 :] == [
-        "range, stream: qps is rows/s and broker µs/q is per 1,000 rows; "
+        "all µs/q: CPU time of clients, broker and MySQL together per query "
+        "(- when MySQL is not on this host)",
+        "range, stream: qps is rows/s and µs/q is per 1,000 rows; "
         "stream runs one client",
-        "txn: qps and broker µs/q count whole transactions",
+        "txn: qps and µs/q count whole transactions",
     ]
+    assert "pipeline_depth 1 busy_poll_us 0;" in lines[0]  # that broker's settings
     assert b.proc.poll() is None  # someone else's broker is left running
 
 
