@@ -422,7 +422,9 @@ def _start_sandbox(tmp: str, cleanup: contextlib.ExitStack) -> str:
         sandbox.start()
     except SandboxError as err:
         raise BenchError(f"cannot start the sandbox MariaDB: {err}") from err
-    return sandbox.dsn(user="root", database="broker")
+    # Both sides over the unix socket: the fastest local path, as `serve` uses.
+    dsn = sandbox.dsn(user="root", database="broker")
+    return f"{dsn}&unix_socket={sandbox.unix_socket}"
 
 
 def _connect(connect_args: dict, timeout: float) -> pymysql.connections.Connection:

@@ -111,6 +111,15 @@ def _pipeable(req: Request) -> bool:
     )
 
 
+def _runnable() -> int:
+    """Return how many threads on the host are runnable now (this one included)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return 1  # not Linux, or no /proc: assume the CPU is free
+
+
 def _database_error(err: Exception) -> errors.Error:
     """Return a client error for a failed connect (a pymysql error, usually)."""
     code = err.args[0] if err.args and isinstance(err.args[0], int) else 2003
@@ -164,6 +173,8 @@ class Server:
         self._ready = False
         self._exit_code = 0
         self._next_tick = 0.0
+        self._spare_cpu = True  # busy polling only takes a CPU nobody else wants
+        self._cpus = len(os.sched_getaffinity(0))
         self._next_janitor = 0.0
         self._handlers: dict[int, Callable[[Request], None]] = {
             Op.PING: self._op_ping,
@@ -285,7 +296,7 @@ class Server:
         events: list = []
         while not self._stop:
             # Spin only while traffic flows: after a wake-up that brought events.
-            spin = self.config.broker.busy_poll_us if events else 0
+            spin = self.config.broker.busy_poll_us if events and self._spare_cpu else 0
             events = poll(0 if spin else TICK * 1000)
             if spin and not events:
                 events = self._busy_poll(spin / 1e6) or poll(TICK * 1000)
@@ -1292,6 +1303,8 @@ class Server:
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
+        if self.config.broker.busy_poll_us:
+            self._spare_cpu = _runnable() <= self._cpus
         for worker in list(self._workers.values()):
             if worker.cancel_started and (worker.cancelling or worker.running):
                 if now - worker.cancel_started > KILL_GRACE and not worker.paused:
