@@ -111,13 +111,17 @@ def _pipeable(req: Request) -> bool:
     )
 
 
-def _runnable() -> int:
-    """Return how many threads on the host are runnable now (this one included)."""
+def _runnable() -> int | None:
+    """Return how many threads on the host are runnable now (this one included).
+
+    None when /proc/loadavg cannot be read: not Linux, or hidden (systemd's
+    ProcSubset=pid).
+    """
     try:
         with open("/proc/loadavg", "rb") as f:
             return int(f.read().split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
-        return 1  # not Linux, or no /proc: assume the CPU is free
+        return None
 
 
 def _database_error(err: Exception) -> errors.Error:
@@ -175,6 +179,7 @@ class Server:
         self._next_tick = 0.0
         self._spare_cpu = True  # busy polling only takes a CPU nobody else wants
         self._cpus = len(os.sched_getaffinity(0))
+        self._load_unknown_said = False
         self._next_janitor = 0.0
         self._handlers: dict[int, Callable[[Request], None]] = {
             Op.PING: self._op_ping,
@@ -1304,7 +1309,15 @@ class Server:
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
         if self.config.broker.busy_poll_us:
-            self._spare_cpu = _runnable() <= self._cpus
+            runnable = _runnable()
+            self._spare_cpu = runnable is None or runnable <= self._cpus
+            if runnable is None and not self._load_unknown_said:
+                self._load_unknown_said = True
+                log.warning(
+                    "busy_poll_us: /proc/loadavg is not readable (systemd "
+                    "ProcSubset=pid hides it), so the loop spins whatever the "
+                    "other load; see deploy/broker.toml"
+                )
         for worker in list(self._workers.values()):
             if worker.cancel_started and (worker.cancelling or worker.running):
                 if now - worker.cancel_started > KILL_GRACE and not worker.paused:
