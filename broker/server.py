@@ -1316,7 +1316,7 @@ class Server:
                 log.warning(
                     "busy_poll_us: /proc/loadavg is not readable (systemd "
                     "ProcSubset=pid hides it), so the loop spins whatever the "
-                    "other load; see deploy/broker.toml"
+                    "other load; see Throughput options in deploy/README.md"
                 )
         for worker in list(self._workers.values()):
             if worker.cancel_started and (worker.cancelling or worker.running):
