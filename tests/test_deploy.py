@@ -174,11 +174,32 @@ def test_unit_hardening_exposure_stays_low(tmp_path: Path) -> None:
     assert "Overall exposure level" in result.stdout
 
 
+def test_reload_checks_the_file_before_signalling(tmp_path: Path) -> None:
+    """`systemctl reload` runs the unit's first ExecReload= and fails with it."""
+    _need_broker_bin()
+    check = next(v for _, k, v in _unit_entries() if k == "ExecReload")
+    argv = shlex.split(check.replace("/opt/mysql-broker/bin/broker", str(BROKER_BIN)))
+    argv[2] = argv[2].replace("/etc/broker/broker.toml", str(tmp_path / "b.toml"))
+    creds = _credentials(tmp_path, "secret")
+    env = _clean_env(CREDENTIALS_DIRECTORY=str(creds))
+    (tmp_path / "b.toml").write_text(CONFIG.read_text())
+    good = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout == ""  # the summary goes to /dev/null, not the journal
+    (tmp_path / "b.toml").write_text("[pools.default]\nmax_sise = 3\n")
+    bad = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    assert "pools.default.max_sise: unknown key" in bad.stderr
+
+
 def test_unit_and_config_agree() -> None:
     config_text = CONFIG.read_text()
     assert _unit("Type") == "notify"
     assert _unit("NotifyAccess") == "main"
-    assert _unit("ExecReload") == "/bin/kill -HUP $MAINPID"
+    check, signal_ = (v for _, k, v in _unit_entries() if k == "ExecReload")
+    assert signal_ == "/bin/kill -HUP $MAINPID"
+    assert check.startswith("/bin/sh -c 'exec /opt/mysql-broker/bin/broker ")
+    assert "check-config --config /etc/broker/broker.toml" in check
     assert _unit("KillSignal") == "SIGTERM"
     assert _unit("Restart") == "on-failure"
     assert _unit("User") == _unit("Group") == "broker"
