@@ -179,9 +179,14 @@ def test_reload_checks_the_file_before_signalling(tmp_path: Path) -> None:
     _need_broker_bin()
     check = next(v for _, k, v in _unit_entries() if k == "ExecReload")
     argv = shlex.split(check.replace("/opt/mysql-broker/bin/broker", str(BROKER_BIN)))
-    argv[2] = argv[2].replace("/etc/broker/broker.toml", str(tmp_path / "b.toml"))
+    argv[0] = argv[0].removeprefix("+")  # systemd's "run as root" mark
     creds = _credentials(tmp_path, "secret")
-    env = _clean_env(CREDENTIALS_DIRECTORY=str(creds))
+    argv[2] = (
+        argv[2]
+        .replace("/etc/broker/broker.toml", str(tmp_path / "b.toml"))
+        .replace("CREDENTIALS_DIRECTORY=/etc/broker", f"CREDENTIALS_DIRECTORY={creds}")
+    )
+    env = _clean_env()
     (tmp_path / "b.toml").write_text(CONFIG.read_text())
     good = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
@@ -198,8 +203,12 @@ def test_unit_and_config_agree() -> None:
     assert _unit("NotifyAccess") == "main"
     check, signal_ = (v for _, k, v in _unit_entries() if k == "ExecReload")
     assert signal_ == "/bin/kill -HUP $MAINPID"
-    assert check.startswith("/bin/sh -c 'exec /opt/mysql-broker/bin/broker ")
-    assert "check-config --config /etc/broker/broker.toml" in check
+    argv = shlex.split(check)
+    assert argv[:2] == ["+/bin/sh", "-c"]
+    assert argv[2].startswith("CREDENTIALS_DIRECTORY=/etc/broker exec /opt/")
+    assert "check-config --config /etc/broker/broker.toml" in argv[2]
+    # It reads the password from where LoadCredential= takes it.
+    assert _unit("LoadCredential") == f"{CREDENTIAL}:/etc/broker/{CREDENTIAL}"
     assert _unit("KillSignal") == "SIGTERM"
     assert _unit("Restart") == "on-failure"
     assert _unit("User") == _unit("Group") == "broker"
