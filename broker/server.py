@@ -811,6 +811,7 @@ class Server:
 
     @staticmethod
     def _interrupted(worker: Worker, data: bytes | None) -> bool:
+        """Whether the response is MySQL's "interrupted": a KILL QUERY landed on it."""
         return (
             worker.scanner.error
             and data is not None
@@ -863,9 +864,7 @@ class Server:
         from the caller; one MySQL interrupted was not applied (QueryTimeout),
         except a COMMIT or a batch with statements behind it (OutcomeUnknown).
         """
-        if not req.cancelled or not worker.scanner.error or data is None:
-            return False
-        if error_from_packets(data).errno not in _INTERRUPTED:
+        if not req.cancelled or not self._interrupted(worker, data):
             return False
         worker.request = None
         message = f"statement cancelled: {req.cancelled}"
