@@ -21,9 +21,7 @@ import os
 import socket
 from collections.abc import Callable
 
-import zmq
-
-from broker.worker import POLLIN, POLLOUT
+from broker.poller import POLLIN, POLLOUT, Poller
 from client import zmtp
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ class Peer:
     def __init__(
         self,
         sock: socket.socket,
-        poller: zmq.Poller,
+        poller: Poller,
         handle: Callable[[Peer, bytes | None, str | None], None],
         max_frame: int,
         on_close: Callable[[Peer], None],
@@ -212,9 +210,7 @@ class Peer:
 class Listener:
     """A listening unix socket for one ipc:// endpoint."""
 
-    def __init__(
-        self, path: str, mode: int, group: str | None, poller: zmq.Poller
-    ) -> None:
+    def __init__(self, path: str, mode: int, group: str | None, poller: Poller) -> None:
         self.path = path
         _check_directory(os.path.dirname(path) or ".")
         _clear_stale(path)

@@ -1,7 +1,7 @@
 """The I/O thread: owns the ROUTER socket, routes to workers, queues, deadlines, pins.
 
 One thread multiplexes the ROUTER socket, every MySQL socket and a wake-up
-pipe (signals, connector results) in one `zmq.Poller`. Measured on 2 cores, this
+pipe (signals, connector results) in one epoll `Poller`. Measured on 2 cores, this
 beat an I/O thread handing requests to pymysql worker threads by about 2x: the
 GIL and per-query thread hand-offs, not MySQL, were the ceiling.
 
@@ -40,6 +40,7 @@ from broker.config import (
 from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
+from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import MAX_QUEUE, Pool
 from broker.request import PeerId, Pin, Request, begin_statements, check_body
 from broker.scanner import IN_TRANS
@@ -48,8 +49,6 @@ from broker.worker import (
     COM_PING,
     COM_QUERY,
     COM_RESET_CONNECTION,
-    POLLIN,
-    POLLOUT,
     State,
     Worker,
     error_from_packets,
@@ -151,7 +150,7 @@ class Server:
         self.router.setsockopt(
             zmq.MAXMSGSIZE, config.broker.max_message_bytes * HARD_LIMIT_FACTOR
         )
-        self.poller = zmq.Poller()
+        self.poller = Poller()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -271,6 +270,7 @@ class Server:
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self.poller.close()
         self.notifier.close()
 
     # The loop -------------------------------------------------------------------

@@ -27,14 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pymysql
-import zmq
 
+from broker.poller import POLLIN, POLLOUT, Poller
 from broker.scanner import Scanner
 from client import errors
 
 log = logging.getLogger(__name__)
 
-POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)  # plain ints: IntFlag ops are slow
 
 COM_QUIT = b"\x01"
 COM_QUERY = b"\x03"
@@ -60,7 +59,7 @@ class Worker:
     """A MySQL connection whose socket the I/O loop reads and writes directly."""
 
     def __init__(
-        self, pool_name: str, conn: pymysql.connections.Connection, poller: zmq.Poller
+        self, pool_name: str, conn: pymysql.connections.Connection, poller: Poller
     ) -> None:
         self.pool_name = pool_name
         self._poller = poller
