@@ -185,7 +185,13 @@ def format_status(stats: dict) -> str:
         f"{'DRAINING  ' if stats['draining'] else ''}"
         f"on {', '.join(stats['endpoints'])}",
         f"requests {stats['requests']}  bad {stats['bad_requests']}  "
-        f"dropped {stats['dropped_frames']}",
+        f"dropped {stats['dropped_frames']}  "
+        f"fds {stats['open_files']}/{stats['open_files_limit']}"
+        + (
+            f" (refused {stats['refused_at_fd_limit']} at the limit)"
+            if stats["refused_at_fd_limit"]
+            else ""
+        ),
         "",
         f"{'POOL':<12} {'CONNS':>7} {'IDLE':>5} {'BUSY':>5} {'PINNED':>6} {'WAIT':>5} "
         f"{'SERVED':>9} {'FAILED':>7} {'TIMEOUTS':>8} {'LOST':>5} "

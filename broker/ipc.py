@@ -18,7 +18,9 @@ import errno
 import grp
 import logging
 import os
+import resource
 import socket
+import time
 from collections.abc import Callable
 
 from broker.poller import POLLIN, POLLOUT, Poller
@@ -33,6 +35,10 @@ BACKLOG = 1024
 # copying a few KiB costs less than sendmsg()'s two-buffer call (~1.3 µs).
 ZERO_COPY_BYTES = 16384
 ACCEPTS_PER_WAKE = 64
+# At the open-files limit without a spare descriptor, stop polling the
+# listener this long: accept() would fail at once and the loop would spin.
+ACCEPT_PAUSE = 0.5
+LIMIT_LOG_EVERY = 10.0  # seconds between lines about refusals at the fd limit
 _SOCKET_TYPES = (b"DEALER", b"REQ")
 
 
@@ -235,9 +241,21 @@ class Listener:
         self.fd = sock.fileno()
         poller.register(self.fd, POLLIN)
         self._poller = poller
+        # Held in reserve: at the open-files limit it is freed for a moment to
+        # accept a waiting client and tell it why it cannot be served.
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY)
+        self._paused_until = 0.0
+        self.refused = 0  # clients refused at the open-files limit, ever
+        self._refused_said = 0
+        self._next_say = 0.0
 
     def accept(self) -> list[socket.socket]:
-        """Return the connections waiting to be accepted."""
+        """Return the connections waiting to be accepted.
+
+        At the open-files limit the waiting clients are refused instead (see
+        `_refuse_waiting`), so the listener does not stay readable and the loop
+        does not spin on a failing accept().
+        """
         out = []
         for _ in range(ACCEPTS_PER_WAKE):
             try:
@@ -245,15 +263,99 @@ class Listener:
             except BlockingIOError:
                 break
             except OSError as err:
-                if err.errno in (errno.EMFILE, errno.ENFILE):
-                    log.error("cannot accept on %s: %s", self.path, err)
+                if err.errno not in (errno.EMFILE, errno.ENFILE):
+                    log.warning("cannot accept on %s: %s", self.path, err)
+                    self._pause()  # at most one line per ACCEPT_PAUSE
+                    break
+                if not self._refuse_waiting():
+                    self._pause()
+                self._say_limit()
                 break
             out.append(conn)
         return out
 
+    def _refuse_waiting(self) -> bool:
+        """Accept each waiting client on the spare fd and refuse it; False: no spare.
+
+        The client hears the reason in a ZMTP ERROR command at once, instead of
+        waiting out its timeout in the backlog.
+        """
+        if self._spare is None:
+            return False
+        os.close(self._spare)
+        self._spare = None
+        refusal = zmtp.greeting() + zmtp.error(
+            f"the broker is at its open-files limit ({open_files_limit()}); "
+            "raise LimitNOFILE= in its unit (or ulimit -n)"
+        )
+        ok = True
+        try:
+            for _ in range(ACCEPTS_PER_WAKE):
+                try:
+                    conn, _ = self.sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    ok = False  # another thread took the freed descriptor
+                    break
+                with conn:
+                    conn.setblocking(False)
+                    try:
+                        # Take its greeting first: closing with unread input
+                        # resets the connection before the client reads why.
+                        conn.recv(RECV_BYTES)
+                    except OSError:
+                        pass  # nothing sent yet (or gone): the refusal still goes
+                    try:
+                        conn.send(refusal)
+                    except OSError:
+                        pass  # the client left already: nothing to tell it
+                self.refused += 1
+        finally:
+            try:
+                self._spare = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                pass  # taken meanwhile; `resume` tries again
+        return ok
+
+    def _pause(self) -> None:
+        if not self._paused_until:
+            self._poller.unregister(self.fd)
+        self._paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def resume(self, now: float) -> None:
+        """Poll the listener again once a pause at the fd limit has passed."""
+        if self._paused_until and now >= self._paused_until:
+            self._paused_until = 0.0
+            if self._spare is None:
+                try:
+                    self._spare = os.open(os.devnull, os.O_RDONLY)
+                except OSError:
+                    self._pause()
+                    return
+            self._poller.register(self.fd, POLLIN)
+
+    def _say_limit(self) -> None:
+        """Log the fd limit at most once per LIMIT_LOG_EVERY: no log flood."""
+        now = time.monotonic()
+        if now < self._next_say:
+            return
+        self._next_say = now + LIMIT_LOG_EVERY
+        log.error(
+            "ipc %s: at the open-files limit (%d fds): %d client(s) refused since "
+            "the last report; raise LimitNOFILE= in the unit (or ulimit -n)",
+            self.path,
+            open_files_limit(),
+            self.refused - self._refused_said,
+        )
+        self._refused_said = self.refused
+
     def close(self) -> None:
         """Stop listening and remove the socket file."""
-        self._poller.unregister(self.fd)
+        if not self._paused_until:
+            self._poller.unregister(self.fd)
+        if self._spare is not None:
+            os.close(self._spare)
         self.sock.close()
         try:
             os.unlink(self.path)
@@ -289,3 +391,32 @@ def _clear_stale(path: str) -> None:
         raise OSError(f"another broker is already listening on {path}")
     finally:
         probe.close()
+
+
+def open_files_limit() -> int:
+    """Return this process's soft limit on open files."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_files() -> int:
+    """Return how many files this process holds open (Linux; -1 elsewhere)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
+    except OSError:
+        return -1
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit to the hard one; return (soft, hard).
+
+    Each client holds one descriptor, so the default soft limit (1024 from a
+    shell) caps a broker at about a thousand clients for no reason.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep what we have; the figure is logged either way
+    return soft, hard

@@ -38,7 +38,13 @@ from broker.config import (
     needs_restart,
 )
 from broker.connector import Connector, Outcome, setup_statements
-from broker.ipc import Listener, Peer
+from broker.ipc import (
+    Listener,
+    Peer,
+    open_files,
+    open_files_limit,
+    raise_open_files_limit,
+)
 from broker.metrics import BrokerMetrics, Exporter
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import MAX_QUEUE, Pool
@@ -197,6 +203,8 @@ class Server:
     def bind(self) -> None:
         """Listen on every endpoint: ipc natively, anything else on the ROUTER."""
         self._secure_router()
+        soft, hard = raise_open_files_limit()
+        log.info("open files limit %d (hard %d): about that many clients", soft, hard)
         for endpoint in self.config.broker.endpoint:
             if endpoint.startswith("ipc://"):
                 listener = Listener(
@@ -1328,6 +1336,8 @@ class Server:
                     self._drop_piped(piped, f"deadline of {piped.timeout:.3f} s passed")
         for pool in self.pools.values():
             pool.expire_queue(now, self._expire)
+        for listener in self._listeners.values():
+            listener.resume(now)
         if now >= self._next_janitor:
             self._next_janitor = now + JANITOR_EVERY
             self._janitor(now)
@@ -1546,6 +1556,9 @@ class Server:
             "endpoints": list(self.config.broker.endpoint),
             "draining": self.draining,
             "busy_poll_us": self.config.broker.busy_poll_us,
+            "open_files": open_files(),
+            "open_files_limit": open_files_limit(),
+            "refused_at_fd_limit": sum(x.refused for x in self._listeners.values()),
             **self.metrics.snapshot(),
             "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
             "pins": [pin.snapshot(now) for pin in self.pins.values()],

@@ -101,7 +101,10 @@ class _StreamLink:
         try:
             # Who we are, so the broker can bound one process's requests.
             me = {b"X-Pid": str(os.getpid()).encode(), b"X-Host": _HOST}
-            self._write(zmtp.greeting() + zmtp.ready(b"DEALER", me), deadline)
+            try:
+                self._write(zmtp.greeting() + zmtp.ready(b"DEALER", me), deadline)
+            except BrokenPipeError:
+                pass  # refused at once (broker at its fd limit): read the reason
             greeting = self._read_exact(zmtp.GREETING_SIZE, deadline)
             zmtp.check_greeting(greeting)
             flags, body = self._next_frame(deadline)
@@ -308,6 +311,11 @@ class Transport:
         except (_Timeout, OSError, zmtp.ZmtpError, zmq.ZMQError) as err:
             self.reset()
             why = "" if isinstance(err, _Timeout) else f" ({err})"
+            if isinstance(err, zmtp.Refused):
+                raise errors.BrokerUnavailable(
+                    errors.ER_BROKER_UNAVAILABLE,
+                    f"the broker at {self._endpoint} refused the connection: {err}",
+                ) from None
             if isinstance(err, PermissionError):
                 raise errors.BrokerUnavailable(
                     errors.ER_BROKER_UNAVAILABLE,

@@ -27,6 +27,10 @@ class ZmtpError(ValueError):
     """The peer broke the protocol; the connection must be dropped."""
 
 
+class Refused(ZmtpError):
+    """The peer sent ERROR (ZMTP 3.1): it will not serve us, and says why."""
+
+
 def greeting() -> bytes:
     """Return our greeting: ZMTP 3.0, mechanism NULL, not as-server."""
     return (
@@ -74,11 +78,24 @@ def ready(socket_type: bytes, metadata: dict[bytes, bytes] | None = None) -> byt
     return encode_frame(b"\x05READY" + body, command=True)
 
 
+def error(reason: str) -> bytes:
+    """Return the ERROR command frame: a refusal the peer can show its user."""
+    text = reason.encode()[:255]
+    return encode_frame(b"\x05ERROR" + bytes((len(text),)) + text, command=True)
+
+
 def parse_command(body: bytes) -> tuple[bytes, dict[bytes, bytes]]:
-    """Return (name, properties) of a command body; properties only for READY."""
+    """Return (name, properties) of a command body; properties only for READY.
+
+    Raises Refused for an ERROR command, with the peer's reason.
+    """
     if not body or len(body) < 1 + body[0]:
         raise ZmtpError("truncated command")
     name = body[1 : 1 + body[0]]
+    if name == b"ERROR":
+        pos = 1 + body[0]
+        size = body[pos] if pos < len(body) else 0
+        raise Refused(body[pos + 1 : pos + 1 + size].decode(errors="replace"))
     props: dict[bytes, bytes] = {}
     if name == b"READY":
         pos = 1 + body[0]
