@@ -11,9 +11,11 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,9 @@ from broker import __version__
 from broker.config import Config, ConfigError, describe, load
 
 if TYPE_CHECKING:
+    from broker.loops import LoopSlot
     from broker.sandbox import Sandbox
+    from broker.server import Server
 
 log = logging.getLogger("broker")
 
@@ -103,34 +107,92 @@ def cmd_serve(args: argparse.Namespace) -> int:
         new = _load(args)
         return new.with_sandbox_dsn(sandbox_dsn) if sandbox_dsn else new
 
-    server = Server(config, reload=reload)
     try:
+        if config.broker.loops > 1:
+            return _serve_loops(config, reload, sandbox)
+        server = Server(config, reload=reload)
         try:
-            server.bind()
-        except OSError as err:
-            print(f"broker: cannot listen: {err}", file=sys.stderr)
-            if isinstance(err, PermissionError):
-                print(
-                    "broker: run it as root or under systemd "
-                    "(RuntimeDirectory=broker), "
-                    "or pass --endpoint ipc://$XDG_RUNTIME_DIR/broker.sock",
-                    file=sys.stderr,
-                )
-            return EXIT_FAIL
-        server.start_pools()
-        _print_banner(config, sandbox)
-        try:
-            return server.run()
-        except Exception:
-            log.exception(
-                "bug: an exception escaped the I/O loop; exiting for a restart"
-            )
-            return EXIT_BUG
+            try:
+                server.bind()
+            except OSError as err:
+                return _cannot_listen(err)
+            server.start_pools()
+            _print_banner(config, sandbox)
+            return _run(server)
+        finally:
+            server.close()
     finally:
-        server.close()
         if sandbox is not None:
             sandbox.stop()
         log.info("stopped")
+
+
+def _run(server: Server) -> int:
+    try:
+        return server.run()
+    except Exception:
+        log.exception("bug: an exception escaped the I/O loop; exiting for a restart")
+        return EXIT_BUG
+
+
+def _cannot_listen(err: OSError) -> int:
+    print(f"broker: cannot listen: {err}", file=sys.stderr)
+    if isinstance(err, PermissionError):
+        print(
+            "broker: run it as root or under systemd (RuntimeDirectory=broker), "
+            "or pass --endpoint ipc://$XDG_RUNTIME_DIR/broker.sock",
+            file=sys.stderr,
+        )
+    return EXIT_FAIL
+
+
+def _serve_loops(
+    config: Config, reload: Callable[[], Config], sandbox: Sandbox | None
+) -> int:
+    """Run `[broker] loops` I/O loop processes on sockets bound here (broker.loops)."""
+    from broker.ipc import listen_unix, unlink_socket
+    from broker.loops import share, supervise
+    from broker.server import Server
+
+    loops = config.broker.loops
+    listening: dict[str, socket.socket] = {}
+    try:
+        for endpoint in config.broker.endpoint:
+            if endpoint.startswith("ipc://"):
+                path = endpoint[len("ipc://") :]
+                listening[path] = listen_unix(
+                    path, config.broker.socket_mode, config.broker.socket_group
+                )
+    except OSError as err:
+        for sock in listening.values():
+            sock.close()
+        return _cannot_listen(err)
+
+    def run_loop(slot: LoopSlot) -> int:
+        def tag(record: logging.LogRecord) -> bool:
+            record.name = f"{record.name}[loop {slot.index}]"
+            return True
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(tag)
+
+        def reload_share() -> Config:
+            return share(reload(), slot.index, loops)
+
+        server = Server(share(config, slot.index, loops), reload_share, loop=slot)
+        try:
+            server.bind(listening)
+            server.start_pools()
+            return _run(server)
+        finally:
+            server.close()
+
+    _print_banner(config, sandbox)
+    try:
+        return supervise(config, loops, listening, run_loop)
+    finally:
+        for path in listening:
+            unlink_socket(path)
 
 
 def _print_banner(config: Config, sandbox: Sandbox | None) -> None:

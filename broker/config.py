@@ -50,6 +50,7 @@ ENDPOINT_SCHEMES = ("ipc://", "tcp://", "inproc://")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_MESSAGE_BYTES = 1024  # smaller could not carry a request header and its SQL
 MAX_BUSY_POLL_US = 100_000  # beyond this a spin is no longer a short wait
+MAX_LOOPS = 64  # processes; more than cores only adds switching
 MAX_CONNECT_TIMEOUT = 31536000.0  # pymysql refuses anything above one year
 DEFAULT_CONNECT_TIMEOUT = 10.0  # pymysql's own default
 DEFAULT_CHARSET = "utf8mb4"
@@ -296,6 +297,7 @@ class BrokerConfig:
     curve_authorized_keys: str | None = None  # restart; directory of client .key files
     allow_insecure_tcp: bool = False  # restart; plain tcp on a non-loopback address
     busy_poll_us: int = 0  # live; spin this long for the next event before sleeping
+    loops: int = 1  # restart; I/O loop processes sharing the endpoints (broker.loops)
 
     def __post_init__(self) -> None:
         endpoints = _strings("broker.endpoint", self.endpoint)
@@ -336,6 +338,11 @@ class BrokerConfig:
                 f"must be at most {MAX_BUSY_POLL_US} (µs), got {self.busy_poll_us}",
             )
         _bool("broker.allow_insecure_tcp", self.allow_insecure_tcp)
+        _int("broker.loops", self.loops, 1)
+        if self.loops > MAX_LOOPS:
+            raise _error(
+                "broker.loops", f"must be at most {MAX_LOOPS}, got {self.loops}"
+            )
         for key in ("socket_group", "curve_secret_key", "curve_authorized_keys"):
             if getattr(self, key) is not None:
                 _text(f"broker.{key}", getattr(self, key))
@@ -371,6 +378,12 @@ class Config:
         for name, pool in self.pools.items():
             if pool.name != name:
                 raise _error(f"pools.{name}", f"holds the pool named {pool.name!r}")
+            if pool.max_size < self.broker.loops:
+                raise _error(
+                    f"pools.{name}.max_size",
+                    f"must be at least broker.loops ({self.broker.loops}): each loop "
+                    f"holds a share of the cap, got {pool.max_size}",
+                )
         object.__setattr__(self, "pools", types.MappingProxyType(dict(self.pools)))
 
     def with_sandbox_dsn(self, dsn: str) -> Config:
@@ -728,6 +741,7 @@ def _build_broker(values: dict) -> BrokerConfig:
 
 _RESTART_KEYS = (
     "endpoint",
+    "loops",
     "socket_mode",
     "metrics_address",
     "socket_group",
@@ -776,6 +790,8 @@ def describe(config: Config) -> str:
         f"drain_timeout: {b.drain_timeout:g}s, log_level: {b.log_level}",
         f"metrics: {b.metrics_address or 'off'}",
     ]
+    if b.loops > 1:
+        lines.append(f"loops: {b.loops} (each pool's sizes are split across them)")
     if config.sandbox:
         lines.append("no dsn given: `broker serve` starts a sandbox MariaDB")
     for pool in config.pools.values():

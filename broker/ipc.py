@@ -213,30 +213,50 @@ class Peer:
         self.sock.close()
 
 
-class Listener:
-    """A listening unix socket for one ipc:// endpoint."""
-
-    def __init__(self, path: str, mode: int, group: str | None, poller: Poller) -> None:
-        self.path = path
-        _check_directory(os.path.dirname(path) or ".")
-        _clear_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # umask first, so the file never exists with looser permissions.
-        old_umask = os.umask(0o777 & ~mode)
+def listen_unix(path: str, mode: int, group: str | None) -> socket.socket:
+    """Bind and listen on a unix socket file with the given mode and group."""
+    _check_directory(os.path.dirname(path) or ".")
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # umask first, so the file never exists with looser permissions.
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    if group is not None:
         try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, mode)
-        if group is not None:
-            try:
-                os.chown(path, -1, grp.getgrnam(group).gr_gid)
-            except (KeyError, PermissionError) as err:
-                sock.close()
-                os.unlink(path)
-                raise OSError(f"cannot give {path} to group {group!r}: {err}") from err
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, PermissionError) as err:
+            sock.close()
+            os.unlink(path)
+            raise OSError(f"cannot give {path} to group {group!r}: {err}") from err
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def unlink_socket(path: str) -> None:
+    """Remove a socket file; one already gone is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # already gone: nothing to clean
+
+
+class Listener:
+    """A listening unix socket for one ipc:// endpoint.
+
+    With ``owner`` False the socket was bound by the parent of several loops,
+    which removes the file when the last loop is gone.
+    """
+
+    def __init__(
+        self, path: str, sock: socket.socket, poller: Poller, owner: bool = True
+    ) -> None:
+        self.path = path
+        self._owner = owner
         self.sock = sock
         self.fd = sock.fileno()
         poller.register(self.fd, POLLIN)
@@ -357,10 +377,8 @@ class Listener:
         if self._spare is not None:
             os.close(self._spare)
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass  # already gone: nothing to clean
+        if self._owner:
+            unlink_socket(self.path)
 
 
 def _check_directory(directory: str) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,10 +42,12 @@ from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import (
     Listener,
     Peer,
+    listen_unix,
     open_files,
     open_files_limit,
     raise_open_files_limit,
 )
+from broker.loops import LoopSlot
 from broker.metrics import BrokerMetrics, Exporter
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import MAX_QUEUE, Pool
@@ -144,10 +147,12 @@ class Server:
         config: Config,
         reload: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
+        loop: LoopSlot | None = None,
     ) -> None:
         self.config = config
         self._reload_config = reload
-        self.notifier = notifier or Notifier()
+        self._loop_slot = loop  # one of several loops (`[broker] loops`), or None
+        self.notifier = loop.notifier() if loop else (notifier or Notifier())
         self.metrics = BrokerMetrics()
         self._ctx = zmq.Context(io_threads=1)
         self.router = self._ctx.socket(zmq.ROUTER)
@@ -200,20 +205,30 @@ class Server:
 
     # Setup and teardown ---------------------------------------------------------
 
-    def bind(self) -> None:
-        """Listen on every endpoint: ipc natively, anything else on the ROUTER."""
-        self._secure_router()
+    def bind(self, listening: dict[str, socket.socket] | None = None) -> None:
+        """Listen on every endpoint: ipc natively, anything else on the ROUTER.
+
+        ``listening`` holds ipc sockets bound by the parent of several loops;
+        tcp endpoints and the metrics exporter then belong to loop 0 alone.
+        """
+        first = self._loop_slot is None or self._loop_slot.index == 0
+        if first:
+            self._secure_router()
         soft, hard = raise_open_files_limit()
         log.info("open files limit %d (hard %d): about that many clients", soft, hard)
         for endpoint in self.config.broker.endpoint:
             if endpoint.startswith("ipc://"):
-                listener = Listener(
-                    endpoint[len("ipc://") :],
+                path = endpoint[len("ipc://") :]
+                inherited = (listening or {}).get(path)
+                sock = inherited or listen_unix(
+                    path,
                     self.config.broker.socket_mode,
                     self.config.broker.socket_group,
-                    self.poller,
                 )
+                listener = Listener(path, sock, self.poller, owner=inherited is None)
                 self._listeners[listener.fd] = listener
+            elif not first:
+                continue
             else:
                 self.router.bind(endpoint)
                 if self.router not in self.poller:
@@ -221,7 +236,7 @@ class Server:
                     # more per wake-up than on a plain file descriptor.
                     self.poller.register(self.router, POLLIN)
             log.info("listening on %s", endpoint)
-        if self.config.broker.metrics_address:
+        if self.config.broker.metrics_address and first:
             self._exporter = Exporter(self.config.broker.metrics_address)
             log.info("metrics on http://%s/metrics", self.config.broker.metrics_address)
 
@@ -1390,6 +1405,8 @@ class Server:
                     self._close_stream(pin, reason)
                 else:
                     self._unpin(pin, reason, reset=True)
+        if self._loop_slot is not None:
+            self._loop_slot.publish(self._own_stats())
         if self._exporter is not None:
             self._exporter.update(self.stats())
         if not self._ready and all(
@@ -1549,6 +1566,10 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """Return everything `broker status` shows, as plain values."""
+        own = self._own_stats()
+        return own if self._loop_slot is None else self._loop_slot.whole(own)
+
+    def _own_stats(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
             "version": __version__,
