@@ -53,6 +53,10 @@ MAX_BUSY_POLL_US = 100_000  # beyond this a spin is no longer a short wait
 MAX_CONNECT_TIMEOUT = 31536000.0  # pymysql refuses anything above one year
 DEFAULT_CONNECT_TIMEOUT = 10.0  # pymysql's own default
 DEFAULT_CHARSET = "utf8mb4"
+# TimeoutStopSec= of deploy/broker.service: systemd SIGKILLs a drain longer than
+# this. STOP_MARGIN leaves time to close connections after drain_timeout.
+UNIT_TIMEOUT_STOP_SEC = 45.0
+STOP_MARGIN = 5.0
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
@@ -764,6 +768,19 @@ def _password_origin(pool: PoolConfig) -> str:
     if _dsn_has_password(pool.dsn):
         return "in the dsn"
     return "given separately ($BROKER_PASSWORD)"
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Return what is valid but will not work as meant, one line each."""
+    drain = config.broker.drain_timeout
+    if drain + STOP_MARGIN <= UNIT_TIMEOUT_STOP_SEC:
+        return []
+    return [
+        f"broker.drain_timeout: {drain:g}s does not fit in the shipped unit's "
+        f"TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}s with {STOP_MARGIN:g}s to close "
+        "connections; systemd would SIGKILL the broker mid-drain: lower "
+        "drain_timeout or raise TimeoutStopSec in a drop-in (deploy/README.md)"
+    ]
 
 
 def describe(config: Config) -> str:
