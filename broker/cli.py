@@ -11,6 +11,9 @@ import argparse
 import json
 import logging
 import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 import types
@@ -86,6 +89,58 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+_TIMESPAN_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|min|h|d|w|M|y)")
+_TIMESPAN_UNIT = types.MappingProxyType(
+    {
+        "us": 1e-6,
+        "ms": 1e-3,
+        "s": 1.0,
+        "min": 60.0,
+        "h": 3600.0,
+        "d": 86400.0,
+        "w": 604800.0,
+        "M": 2629800.0,
+        "y": 31557600.0,
+    }
+)
+
+
+def parse_timespan(text: str) -> float | None:
+    """Return seconds for a time span as systemctl prints it ("1min 35s")."""
+    if text == "infinity":
+        return float("inf")
+    parts = text.split()
+    matches = [_TIMESPAN_PART.fullmatch(part) for part in parts]
+    if not parts or not all(matches):
+        return None
+    return sum(float(m[1]) * _TIMESPAN_UNIT[m[2]] for m in matches if m)
+
+
+def _unit_stop_timeout() -> float | None:
+    """Return TimeoutStopSec= of the installed broker.service, drop-ins included.
+
+    None when no such unit is loaded (or no systemd runs): then the shipped
+    unit's value is what check-config compares drain_timeout with.
+    """
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return None
+    try:
+        shown = subprocess.run(  # noqa: S603 - systemctl show, argv we built
+            [systemctl, "show", "broker.service", "-p", "LoadState,TimeoutStopUSec"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    props = dict(line.partition("=")[::2] for line in shown.splitlines())
+    if props.get("LoadState") != "loaded":
+        return None
+    return parse_timespan(props.get("TimeoutStopUSec", ""))
+
+
 def _default_sandbox_dir() -> str:
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(
         Path.home(), ".local", "state"
@@ -107,7 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _stderr(f"broker: config error: {err}")
         return EXIT_USAGE
     _setup_logging(config.broker.log_level)
-    for warning in config_warnings(config):
+    for warning in config_warnings(config, _unit_stop_timeout()):
         log.warning("%s", warning)
     from broker.sandbox import Sandbox, SandboxError
     from broker.server import Server
@@ -264,7 +319,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _stderr(f"error: {err}")
         return EXIT_FAIL
     print(describe(config))
-    for warning in config_warnings(config):
+    for warning in config_warnings(config, _unit_stop_timeout()):
         _stderr(f"warning: {warning}", logging.WARNING)
     if args.connect:
         failed = [name for name, pool in config.pools.items() if not _try_pool(pool)]

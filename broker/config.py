@@ -53,8 +53,9 @@ MAX_BUSY_POLL_US = 100_000  # beyond this a spin is no longer a short wait
 MAX_CONNECT_TIMEOUT = 31536000.0  # pymysql refuses anything above one year
 DEFAULT_CONNECT_TIMEOUT = 10.0  # pymysql's own default
 DEFAULT_CHARSET = "utf8mb4"
-# TimeoutStopSec= of deploy/broker.service: systemd SIGKILLs a drain longer than
-# this. STOP_MARGIN leaves time to close connections after drain_timeout.
+# TimeoutStopSec= of deploy/broker.service, assumed where no unit is installed:
+# systemd SIGKILLs a drain longer than this. STOP_MARGIN leaves time to close
+# connections after drain_timeout.
 UNIT_TIMEOUT_STOP_SEC = 45.0
 STOP_MARGIN = 5.0
 
@@ -770,14 +771,20 @@ def _password_origin(pool: PoolConfig) -> str:
     return "given separately ($BROKER_PASSWORD)"
 
 
-def config_warnings(config: Config) -> list[str]:
-    """Return what is valid but will not work as meant, one line each."""
+def config_warnings(config: Config, stop_timeout: float | None = None) -> list[str]:
+    """Return what is valid but will not work as meant, one line each.
+
+    stop_timeout is the installed unit's TimeoutStopSec= when known; without
+    it the shipped unit's is assumed.
+    """
     drain = config.broker.drain_timeout
-    if drain + STOP_MARGIN <= UNIT_TIMEOUT_STOP_SEC:
+    limit = UNIT_TIMEOUT_STOP_SEC if stop_timeout is None else stop_timeout
+    if drain + STOP_MARGIN <= limit:
         return []
+    unit = "the shipped unit's" if stop_timeout is None else "broker.service's"
     return [
-        f"broker.drain_timeout: {drain:g}s does not fit in the shipped unit's "
-        f"TimeoutStopSec={UNIT_TIMEOUT_STOP_SEC:g}s with {STOP_MARGIN:g}s to close "
+        f"broker.drain_timeout: {drain:g}s does not fit in {unit} "
+        f"TimeoutStopSec={limit:g}s with {STOP_MARGIN:g}s to close "
         "connections; systemd would SIGKILL the broker mid-drain: lower "
         "drain_timeout or raise TimeoutStopSec in a drop-in (deploy/README.md)"
     ]

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 import client
+from broker.cli import parse_timespan
 from broker.config import STOP_MARGIN, UNIT_TIMEOUT_STOP_SEC, BrokerConfig, PoolConfig
 from client.protocol import DEFAULT_ENDPOINT
 
@@ -260,6 +261,33 @@ def test_check_config_knows_the_units_stop_timeout() -> None:
     drain = re.search(r"^drain_timeout = ([\d.]+)$", CONFIG.read_text(), re.MULTILINE)
     assert drain is not None
     assert float(drain[1]) + STOP_MARGIN <= UNIT_TIMEOUT_STOP_SEC
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("span", "seconds"),
+    [
+        ("45s", 45.0),
+        ("95s", 95.0),
+        ("1.5s", 1.5),
+        ("2h 30min", 9000.0),
+        ("250ms", 0.25),
+    ],
+)
+def test_stop_timeout_is_read_as_systemd_prints_it(span: str, seconds: float) -> None:
+    """check-config reads TimeoutStopUSec from `systemctl show`, in this format."""
+    result = subprocess.run(
+        [_systemd_analyze(), "timespan", span],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    human = re.search(r"^\s*Human: (.*)$", result.stdout, re.MULTILINE)
+    assert human is not None, result.stdout
+    assert parse_timespan(human[1]) == pytest.approx(seconds)
+    assert parse_timespan("infinity") == float("inf")
+    assert parse_timespan("soon") is None
 
 
 def test_install_script_is_valid_bash() -> None:
