@@ -321,7 +321,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(describe(config))
     for warning in config_warnings(config, _unit_stop_timeout()):
         _stderr(f"warning: {warning}", logging.WARNING)
-    if args.connect:
+    if args.connect and config.sandbox:
+        print("no dsn: nothing to connect to (`broker serve` starts a sandbox)")
+    elif args.connect:
         failed = [name for name, pool in config.pools.items() if not _try_pool(pool)]
         if failed:
             _stderr(f"error: cannot use pool(s) {', '.join(failed)}; see above")
@@ -340,9 +342,6 @@ def _try_pool(pool: PoolConfig) -> bool:
     from broker.connector import is_auth_failure, setup_statements
 
     where = pool.safe_dsn()
-    if not pool.dsn:
-        print(f"pool {pool.name}: no dsn, `broker serve` starts a sandbox: not tried")
-        return True
     try:
         conn = pymysql.connect(
             **pool.connect_args(),
@@ -354,7 +353,7 @@ def _try_pool(pool: PoolConfig) -> bool:
         if is_auth_failure(err):
             said = "MySQL refused the login"
             hint = f"check the user in pools.{pool.name}.dsn and the password"
-        elif isinstance(err, pymysql.err.OperationalError) and err.args[0] >= 2000:
+        elif isinstance(err, pymysql.err.OperationalError) and _errno(err) >= 2000:
             said = "cannot reach MySQL"  # 2000-2999: the client's own errors
             hint = f"check host and port in pools.{pool.name}.dsn, and the server"
         else:
@@ -380,9 +379,14 @@ def _try_pool(pool: PoolConfig) -> bool:
         conn.close()
 
 
+def _errno(err: BaseException) -> int:
+    """Return the MySQL error number of a pymysql error, 0 if it has none."""
+    return err.args[0] if err.args and isinstance(err.args[0], int) else 0
+
+
 def _mysql_said(err: BaseException) -> str:
     """Return a pymysql error as MySQL's number and message, unquoted."""
-    if len(err.args) == 2 and isinstance(err.args[0], int):
+    if len(err.args) == 2 and _errno(err):
         return f"error {err.args[0]}: {err.args[1]}"
     return str(err)
 
