@@ -11,7 +11,10 @@ import argparse
 import json
 import logging
 import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
 import time
 import types
@@ -20,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from broker import __version__
-from broker.config import Config, ConfigError, describe, load
+from broker.config import (
+    Config,
+    ConfigError,
+    PoolConfig,
+    config_warnings,
+    describe,
+    load,
+)
 
 if TYPE_CHECKING:
     from broker.loops import LoopSlot
@@ -50,17 +60,89 @@ class _JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).splitlines())
 
 
+def _stderr_is_journal() -> bool:
+    """Tell whether stderr is the journal stream systemd names in $JOURNAL_STREAM.
+
+    Then each line may start with its syslog priority (``<3>`` for err), which
+    journald strips and records, so `journalctl -p err` finds it.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError):
+        return False
+
+
+def _stderr(message: str, level: int = logging.ERROR) -> None:
+    """Print a message for the operator on stderr, at level's journal priority."""
+    if _stderr_is_journal():
+        prefix = f"<{_JournalFormatter._PRIORITY[level]}>"
+        message = "\n".join(prefix + line for line in message.splitlines())
+    print(message, file=sys.stderr, flush=True)
+
+
 def _setup_logging(level: str) -> None:
     # journald stamps each line itself; a terminal user wants the time.
     fmt = "%(levelname)s %(name)s: %(message)s"
     if sys.stderr.isatty():
         fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
-    # systemd sets JOURNAL_STREAM when stderr goes to the journal: then say
-    # each line's priority, so `journalctl -p warning` finds warnings.
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    journal = _stderr_is_journal()
     handler.setFormatter(_JournalFormatter(fmt) if journal else logging.Formatter(fmt))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+_TIMESPAN_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|min|h|d|w|M|y)")
+_TIMESPAN_UNIT = types.MappingProxyType(
+    {
+        "us": 1e-6,
+        "ms": 1e-3,
+        "s": 1.0,
+        "min": 60.0,
+        "h": 3600.0,
+        "d": 86400.0,
+        "w": 604800.0,
+        "M": 2629800.0,
+        "y": 31557600.0,
+    }
+)
+
+
+def parse_timespan(text: str) -> float | None:
+    """Return seconds for a time span as systemctl prints it ("1min 35s")."""
+    if text == "infinity":
+        return float("inf")
+    parts = text.split()
+    matches = [_TIMESPAN_PART.fullmatch(part) for part in parts]
+    if not parts or not all(matches):
+        return None
+    return sum(float(m[1]) * _TIMESPAN_UNIT[m[2]] for m in matches if m)
+
+
+def _unit_stop_timeout() -> float | None:
+    """Return TimeoutStopSec= of the installed broker.service, drop-ins included.
+
+    None when no such unit is loaded (or no systemd runs): then the shipped
+    unit's value is what check-config compares drain_timeout with.
+    """
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return None
+    try:
+        shown = subprocess.run(  # noqa: S603 - systemctl show, argv we built
+            [systemctl, "show", "broker.service", "-p", "LoadState,TimeoutStopUSec"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    props = dict(line.partition("=")[::2] for line in shown.splitlines())
+    if props.get("LoadState") != "loaded":
+        return None
+    return parse_timespan(props.get("TimeoutStopUSec", ""))
 
 
 def _default_sandbox_dir() -> str:
@@ -81,9 +163,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as err:
-        print(f"broker: config error: {err}", file=sys.stderr)
+        _stderr(f"broker: config error: {err}")
         return EXIT_USAGE
     _setup_logging(config.broker.log_level)
+    for warning in config_warnings(config, _unit_stop_timeout()):
+        log.warning("%s", warning)
     from broker.sandbox import Sandbox, SandboxError
     from broker.server import Server
 
@@ -97,7 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             sandbox.start()
         except SandboxError as err:
-            print(f"broker: cannot start the sandbox MariaDB: {err}", file=sys.stderr)
+            _stderr(f"broker: cannot start the sandbox MariaDB: {err}")
             return EXIT_FAIL
         # The unix socket: cheaper per statement than TCP loopback.
         sandbox_dsn = f"{sandbox.dsn()}&unix_socket={sandbox.unix_socket}"
@@ -136,12 +220,11 @@ def _run(server: Server) -> int:
 
 
 def _cannot_listen(err: OSError) -> int:
-    print(f"broker: cannot listen: {err}", file=sys.stderr)
+    _stderr(f"broker: cannot listen: {err}")
     if isinstance(err, PermissionError):
-        print(
+        _stderr(
             "broker: run it as root or under systemd (RuntimeDirectory=broker), "
-            "or pass --endpoint ipc://$XDG_RUNTIME_DIR/broker.sock",
-            file=sys.stderr,
+            "or pass --endpoint ipc://$XDG_RUNTIME_DIR/broker.sock"
         )
     return EXIT_FAIL
 
@@ -301,11 +384,79 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _stderr(f"error: {err}")
         return EXIT_FAIL
     print(describe(config))
+    for warning in config_warnings(config, _unit_stop_timeout()):
+        _stderr(f"warning: {warning}", logging.WARNING)
+    if args.connect and config.sandbox:
+        print("no dsn: nothing to connect to (`broker serve` starts a sandbox)")
+    elif args.connect:
+        failed = [name for name, pool in config.pools.items() if not _try_pool(pool)]
+        if failed:
+            _stderr(f"error: cannot use pool(s) {', '.join(failed)}; see above")
+            return EXIT_FAIL
+        print("configuration OK, every pool connected")
+        return EXIT_OK
     print("configuration OK")
     return EXIT_OK
+
+
+def _try_pool(pool: PoolConfig) -> bool:
+    """Open one connection as the broker would; print what MySQL answered."""
+    import pymysql
+    from pymysql.constants import CLIENT
+
+    from broker.connector import is_auth_failure, setup_statements
+
+    where = pool.safe_dsn()
+    try:
+        conn = pymysql.connect(
+            **pool.connect_args(),
+            autocommit=True,
+            client_flag=CLIENT.MULTI_RESULTS,
+            read_timeout=pool.connect_timeout,  # init_sql must not hang the check
+        )
+    except pymysql.err.MySQLError as err:
+        if is_auth_failure(err):
+            said = "MySQL refused the login"
+            hint = f"check the user in pools.{pool.name}.dsn and the password"
+        elif isinstance(err, pymysql.err.OperationalError) and _errno(err) >= 2000:
+            said = "cannot reach MySQL"  # 2000-2999: the client's own errors
+            hint = f"check host and port in pools.{pool.name}.dsn, and the server"
+        else:
+            said, hint = "MySQL answered", f"check pools.{pool.name}.dsn"
+        _stderr(f"pool {pool.name}: {where}: {said}: {_mysql_said(err)} ({hint})")
+        return False
+    try:
+        with conn.cursor() as cur:
+            for sql in setup_statements(pool):
+                try:
+                    cur.execute(sql)
+                except pymysql.err.MySQLError as err:
+                    _stderr(
+                        f"pool {pool.name}: connected, but MySQL refused {sql!r}: "
+                        f"{_mysql_said(err)} (check pools.{pool.name}.init_sql)"
+                    )
+                    return False
+            cur.execute("SELECT CURRENT_USER(), VERSION()")
+            user, version = cur.fetchone()
+        print(f"pool {pool.name}: {where}: connected as {user}, server {version}")
+        return True
+    finally:
+        conn.close()
+
+
+def _errno(err: BaseException) -> int:
+    """Return the MySQL error number of a pymysql error, 0 if it has none."""
+    return err.args[0] if err.args and isinstance(err.args[0], int) else 0
+
+
+def _mysql_said(err: BaseException) -> str:
+    """Return a pymysql error as MySQL's number and message, unquoted."""
+    if len(err.args) == 2 and _errno(err):
+        return f"error {err.args[0]}: {err.args[1]}"
+    return str(err)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -411,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or the exact key and value at fault.",
     )
     _config_flags(check)
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also open one connection per pool and print what MySQL answered "
+        "(exit 1 if any pool fails)",
+    )
     check.set_defaults(func=cmd_check_config)
 
     keygen = sub.add_parser(

@@ -54,6 +54,11 @@ MAX_LOOPS = 64  # processes; more than cores only adds switching
 MAX_CONNECT_TIMEOUT = 31536000.0  # pymysql refuses anything above one year
 DEFAULT_CONNECT_TIMEOUT = 10.0  # pymysql's own default
 DEFAULT_CHARSET = "utf8mb4"
+# TimeoutStopSec= of deploy/broker.service, assumed where no unit is installed:
+# systemd SIGKILLs a drain longer than this. STOP_MARGIN leaves time to close
+# connections after drain_timeout.
+UNIT_TIMEOUT_STOP_SEC = 45.0
+STOP_MARGIN = 5.0
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
@@ -778,6 +783,25 @@ def _password_origin(pool: PoolConfig) -> str:
     if _dsn_has_password(pool.dsn):
         return "in the dsn"
     return "given separately ($BROKER_PASSWORD)"
+
+
+def config_warnings(config: Config, stop_timeout: float | None = None) -> list[str]:
+    """Return what is valid but will not work as meant, one line each.
+
+    stop_timeout is the installed unit's TimeoutStopSec= when known; without
+    it the shipped unit's is assumed.
+    """
+    drain = config.broker.drain_timeout
+    limit = UNIT_TIMEOUT_STOP_SEC if stop_timeout is None else stop_timeout
+    if drain + STOP_MARGIN <= limit:
+        return []
+    unit = "the shipped unit's" if stop_timeout is None else "broker.service's"
+    return [
+        f"broker.drain_timeout: {drain:g}s does not fit in {unit} "
+        f"TimeoutStopSec={limit:g}s with {STOP_MARGIN:g}s to close "
+        "connections; systemd would SIGKILL the broker mid-drain: lower "
+        "drain_timeout or raise TimeoutStopSec in a drop-in (deploy/README.md)"
+    ]
 
 
 def describe(config: Config) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pymysql
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, ER
 
 from broker.config import PoolConfig
 
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 THREADS = 4  # concurrent connects: a cold start of several pools, plus a kill
 KILL_CONNECT_TIMEOUT = 5.0
+# MySQL refused the account: a wrong password or grant, which no retry fixes.
+# 1698 (ER_ACCESS_DENIED_NO_PASSWORD_ERROR) is MySQL's and not in pymysql's ER.
+AUTH_ERRORS = frozenset({ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, 1698})
 
 
 @dataclass
@@ -48,6 +51,13 @@ def setup_statements(pool: PoolConfig) -> list[str]:
     """
     readonly = ["SET SESSION TRANSACTION READ ONLY"] if pool.read_only else []
     return ["SET autocommit=1", *readonly, *pool.init_sql]
+
+
+def is_auth_failure(err: BaseException) -> bool:
+    """Tell whether a connect failed because MySQL refused the credentials."""
+    return isinstance(err, pymysql.err.OperationalError) and bool(
+        err.args and err.args[0] in AUTH_ERRORS
+    )
 
 
 class Connector:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.config import PoolConfig
-from broker.connector import Connector
+from broker.connector import Connector, is_auth_failure
 from broker.metrics import PoolMetrics
 from broker.worker import State, Worker
 
@@ -140,7 +140,11 @@ class Pool:
         self._backoff = min(BACKOFF_MAX, self._backoff * 2 or BACKOFF_FIRST)
         self._retry_at = time.monotonic() + self._backoff
         if self.last_error is None or str(error) != str(self.last_error):
-            log.warning(
+            # A refused login needs the operator; an unreachable server may
+            # come back by itself.
+            level = logging.ERROR if is_auth_failure(error) else logging.WARNING
+            log.log(
+                level,
                 "pool %s: cannot connect to %s: %s (retrying in %.1f s)",
                 self.name,
                 self.config.safe_dsn(),

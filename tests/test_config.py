@@ -14,6 +14,7 @@ from broker.config import (
     Config,
     ConfigError,
     PoolConfig,
+    config_warnings,
     describe,
     load,
     needs_restart,
@@ -728,6 +729,21 @@ def test_needs_restart_lists_keys_that_cannot_change_live():
         "broker.socket_mode",
         "broker.metrics_address",
     ]
+
+
+@pytest.mark.parametrize(
+    ("drain", "warned"), [(30, False), (40, False), (40.5, True), (60, True)]
+)
+def test_drain_timeout_must_fit_the_units_stop_timeout(tmp_path, drain, warned):
+    """45 s TimeoutStopSec minus 5 s to close connections leaves 40 s to drain."""
+    config = load_text(
+        tmp_path, f'[broker]\ndrain_timeout = {drain}\n[pools.default]\ndsn = "{DSN}"\n'
+    )
+    warnings = config_warnings(config)
+    assert len(warnings) == int(warned)
+    if warned:
+        assert warnings[0].startswith(f"broker.drain_timeout: {drain:g}s does not fit")
+        assert "TimeoutStopSec=45s" in warnings[0]
 
 
 def test_describe_summarises_pools_and_endpoints(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -30,7 +31,8 @@ from pathlib import Path
 import pytest
 
 import client
-from broker.config import BrokerConfig, PoolConfig
+from broker.cli import parse_timespan
+from broker.config import STOP_MARGIN, UNIT_TIMEOUT_STOP_SEC, BrokerConfig, PoolConfig
 from client.protocol import DEFAULT_ENDPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,6 +238,67 @@ def test_unit_and_config_agree() -> None:
     assert _seconds(_unit("TimeoutStopSec")) > float(drain[1])
 
 
+def test_unit_does_not_retry_what_a_restart_cannot_fix() -> None:
+    """Config errors (2) and a password file systemd cannot load (243) stay failed.
+
+    RestartPreventExitStatus= covers the main process only (verified under
+    systemd 252: a failing ExecStartPre= is retried all the same),
+    so the unit has none; systemd itself names a missing password file via
+    AssertPathExists= before the start job runs.
+    """
+    assert set(_unit("RestartPreventExitStatus").split()) == {"2", "243"}
+    assert not [k for _, k, _ in _unit_entries() if k == "ExecStartPre"]
+    _, _, source = _unit("LoadCredential").partition(":")
+    assert _unit("AssertPathExists") == source
+
+
+def test_unit_lets_the_broker_set_each_lines_priority() -> None:
+    assert _unit("SyslogLevelPrefix") == "yes"
+
+
+def test_check_config_knows_the_units_stop_timeout() -> None:
+    assert _seconds(_unit("TimeoutStopSec")) == UNIT_TIMEOUT_STOP_SEC
+    drain = re.search(r"^drain_timeout = ([\d.]+)$", CONFIG.read_text(), re.MULTILINE)
+    assert drain is not None
+    assert float(drain[1]) + STOP_MARGIN <= UNIT_TIMEOUT_STOP_SEC
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("span", "seconds"),
+    [
+        ("45s", 45.0),
+        ("95s", 95.0),
+        ("1.5s", 1.5),
+        ("2h 30min", 9000.0),
+        ("250ms", 0.25),
+    ],
+)
+def test_stop_timeout_is_read_as_systemd_prints_it(span: str, seconds: float) -> None:
+    """check-config reads TimeoutStopUSec from `systemctl show`, in this format."""
+    result = subprocess.run(
+        [_systemd_analyze(), "timespan", span],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    human = re.search(r"^\s*Human: (.*)$", result.stdout, re.MULTILINE)
+    assert human is not None, result.stdout
+    assert parse_timespan(human[1]) == pytest.approx(seconds)
+    assert parse_timespan("infinity") == float("inf")
+    assert parse_timespan("soon") is None
+
+
+def test_install_script_is_valid_bash() -> None:
+    script = ROOT / "deploy" / "install.sh"
+    assert os.access(script, os.X_OK)
+    result = subprocess.run(
+        ["bash", "-n", str(script)], capture_output=True, text=True, timeout=10
+    )
+    assert result.returncode == 0, result.stderr
+
+
 # --- the example config --------------------------------------------------------
 
 
@@ -288,6 +351,32 @@ def test_example_config_without_the_credential_names_the_key(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "pools.default.password_file: cannot read" in result.stderr
     assert str(empty / CREDENTIAL) in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_check_config_warns_when_drain_outlasts_the_stop_timeout(
+    tmp_path: Path,
+) -> None:
+    credentials = _credentials(tmp_path, "s3cret-Example")
+    shipped = _check_config(CONFIG, credentials)
+    assert shipped.returncode == 0, shipped.stderr
+    assert "warning" not in shipped.stderr
+    config = tmp_path / "broker.toml"
+    text, count = re.subn(
+        r"^drain_timeout = .*$",
+        "drain_timeout = 60",
+        CONFIG.read_text(),
+        flags=re.MULTILINE,
+    )
+    assert count == 1
+    config.write_text(text)
+    result = _check_config(config, credentials)
+    assert result.returncode == 0, result.stderr  # a warning, not an error
+    assert "configuration OK" in result.stdout
+    assert (
+        "warning: broker.drain_timeout: 60s does not fit in the shipped unit's "
+        "TimeoutStopSec=45s" in result.stderr
+    )
 
 
 @pytest.mark.timeout(60)
@@ -451,3 +540,53 @@ def test_exec_start_speaks_sd_notify_as_the_unit_expects(
         print(f"--- broker stderr ---\n{log}")
     assert "ready:" in log
     assert secret not in log
+
+
+# --- what deploy/README.md quotes ------------------------------------------------
+
+README = ROOT / "deploy" / "README.md"
+
+
+@pytest.fixture
+def stranger() -> pwd.struct_passwd:
+    """A user outside every group of the broker's socket."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a second user needs root")
+    name = "bkstranger"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--no-create-home", "--shell", "/bin/false", name], check=True
+        )
+    return pwd.getpwnam(name)
+
+
+@pytest.mark.timeout(90)
+def test_readme_quotes_the_real_permission_refusal(make_broker, stranger) -> None:
+    """A user outside group broker gets exactly the message the README shows."""
+    b = make_broker()
+    # Like /run/broker: 0750, so only the owner and the socket's group get in.
+    os.chmod(b.workdir, 0o750)  # noqa: S103  what the unit's RuntimeDirectoryMode sets
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(stranger.pw_gid)
+            os.setuid(stranger.pw_uid)
+            try:
+                client.Client(b.endpoint, timeout=1).query("SELECT 1")
+                os.write(w, b"served")
+            except client.BrokerUnavailable as err:
+                os.write(w, err.msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    message = os.read(r, 4096).decode()
+    os.close(r)
+    socket_path = b.endpoint.removeprefix("ipc://")
+    assert socket_path in message
+    shown = message.replace(socket_path, DEFAULT_ENDPOINT.removeprefix("ipc://"))
+    assert shown in README.read_text().replace("\n", " ")

@@ -1,6 +1,7 @@
 """`broker serve` as a process: reload, drain, status, check-config."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -241,9 +242,16 @@ def test_restart_only_keys_keep_their_running_value_on_reload(
     assert c.query("SELECT 1").scalar() == 1
 
 
+def _journal_stream(path):
+    """Return $JOURNAL_STREAM as systemd sets it when stderr is the file at path."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def test_journal_gets_each_lines_priority(make_broker):
     b = make_broker(start=False)
-    b.env["JOURNAL_STREAM"] = "8:1234"
+    b.log_path.touch()
+    b.env["JOURNAL_STREAM"] = _journal_stream(b.log_path)
     b.start()
     b.config_path.write_text("[pools.default]\nmax_sise = 3\n")
     b.signal(signal.SIGHUP)
@@ -252,3 +260,117 @@ def test_journal_gets_each_lines_priority(make_broker):
         time.sleep(0.05)
     assert "<3>ERROR broker.server: reload rejected" in b.log()
     assert "<6>INFO broker.server: listening on" in b.log()
+
+
+def _cli_into(path, *args, journal):
+    """Run the CLI with stderr appended to path, as if it were the journal or not."""
+    path.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env["JOURNAL_STREAM"] = _journal_stream(path) if journal else "1:2"
+    with open(path, "ab") as stderr:
+        return subprocess.run(
+            [sys.executable, "-m", "broker", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            timeout=30,
+        )
+
+
+@pytest.mark.timeout(60)
+def test_config_errors_reach_the_journal_as_errors(tmp_path, broker_dir):
+    """`journalctl -p err` must show why a start or a reload check failed."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pools.default]\nmax_sise = 3\n")
+    endpoint = f"ipc://{broker_dir}/x.sock"
+    journal = tmp_path / "journal"
+    serve = _cli_into(
+        journal, "serve", "--config", str(bad), "--endpoint", endpoint, journal=True
+    )
+    assert serve.returncode == 2
+    check = _cli_into(journal, "check-config", "--config", str(bad), journal=True)
+    assert check.returncode == 1
+    assert journal.read_text().splitlines() == [
+        "<3>broker: config error: pools.default.max_sise: unknown key "
+        "(did you mean max_size?)",
+        "<3>error: pools.default.max_sise: unknown key (did you mean max_size?)",
+    ]
+    # stderr elsewhere (a terminal, a file) gets the plain line.
+    other = tmp_path / "other"
+    _cli_into(other, "check-config", "--config", str(bad), journal=False)
+    assert other.read_text().startswith("error: pools.default.max_sise")
+
+
+def _free_tcp_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(90)
+def test_check_config_connect_says_what_mysql_answered(
+    tmp_path, mysql_server, mysql_dsn, password_file
+):
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    gone = f"mysql://{mysql_server.user}@127.0.0.1:{_free_tcp_port()}/x"
+    pools = {
+        "good": (mysql_dsn, password_file, "SET time_zone = '+00:00'"),
+        "badpw": (mysql_dsn, wrong, None),
+        "gone": (gone, password_file, None),
+        "badinit": (mysql_dsn, password_file, "SET no_such_variable = 1"),
+    }
+    text = ""
+    for name, (dsn, pw, init) in pools.items():
+        text += f'[pools.{name}]\ndsn = "{dsn}"\npassword_file = "{pw}"\n'
+        text += f'init_sql = ["{init}"]\n' if init else ""
+    config = tmp_path / "broker.toml"
+    config.write_text(text)
+
+    out = _cli("check-config", "--connect", "--config", str(config))
+    assert out.returncode == 1
+    assert "configuration OK" not in out.stdout
+    lines = {line.split(":")[0]: line for line in out.stdout.splitlines()}
+    lines.update({line.split(":")[0]: line for line in out.stderr.splitlines()})
+    admin = mysql_server.admin()
+    version = admin.get_server_info()
+    admin.close()
+    assert f"connected as {mysql_server.user}@" in lines["pool good"]
+    assert version.removeprefix("5.5.5-") in lines["pool good"]
+    assert (
+        "MySQL refused the login: error 1045: Access denied for user "
+        f"'{mysql_server.user}'@" in lines["pool badpw"]
+    )
+    assert "cannot reach MySQL: error 2003: " in lines["pool gone"]
+    assert (
+        "connected, but MySQL refused 'SET no_such_variable = 1': error 1193: "
+        "Unknown system variable" in lines["pool badinit"]
+    )
+    assert "cannot use pool(s) badpw, gone, badinit" in lines["error"]
+    assert "not-the-password" not in out.stdout + out.stderr
+
+    config.write_text(text.split("[pools.badpw]")[0])
+    out = _cli("check-config", "--connect", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith("configuration OK, every pool connected\n")
+
+
+@pytest.mark.timeout(90)
+def test_refused_login_is_logged_as_an_error_with_mysqls_message(
+    make_broker, tmp_path, mysql_server
+):
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    gone = f"mysql://{mysql_server.user}@127.0.0.1:{_free_tcp_port()}/x"
+    b = make_broker(password_file=str(wrong), pools={"gone": {"dsn": gone}})
+    lines = b.log().splitlines()
+    refused = [line for line in lines if "pool default: cannot connect" in line]
+    assert len(refused) == 1, lines  # once, not once per retry
+    assert refused[0].startswith("ERROR broker.pool: ")
+    assert f"(1045, \"Access denied for user '{mysql_server.user}'@" in refused[0]
+    # An unreachable server may come back by itself: a warning.
+    gone_lines = [line for line in lines if "pool gone: cannot connect" in line]
+    assert gone_lines
+    assert gone_lines[0].startswith("WARNING broker.pool: ")
