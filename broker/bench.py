@@ -44,6 +44,7 @@ import pymysql.cursors
 
 import client
 from broker.config import ConfigError, PoolConfig
+from broker.ipc import raise_open_files_limit
 from broker.metrics import percentile
 
 SCENARIOS = {
@@ -141,6 +142,8 @@ class RunResult:
     cpu_seconds: float | None  # the broker's, while it ran; None for direct
     client_cpu_seconds: float  # all clients' together, while they measured
     mysql_cpu_seconds: float | None  # the MySQL server's; None when not local
+    host_switches: int | None  # context switches on the whole host while it ran
+    broker_switches: int | None  # the broker's (all its threads); None for direct
 
 
 # -- command line ---------------------------------------------------------------
@@ -310,6 +313,9 @@ def main(args: argparse.Namespace) -> int:
     except BenchError as err:
         print(f"broker bench: {err}", file=sys.stderr)
         return 2
+    # Each direct client is a MySQL socket and each child a pipe here: 512
+    # clients need more than a shell's 1024 descriptors.
+    raise_open_files_limit()
     # SIGTERM takes the Ctrl-C path, so the children, broker and sandbox stop too.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     progress = Progress()
@@ -891,6 +897,8 @@ def _run(job: Job, n: int) -> RunResult:
         broker = job.side == "broker"
         cpu_before = _cpu_seconds(job.target.broker_pid) if broker else None
         mysql_before = _cpu_seconds(job.target.mysql_pid)
+        host_before = _host_switches()
+        switches_before = _switches(job.target.broker_pid) if broker else None
         start = time.monotonic() + START_DELAY
         go = memoryview(_GO.pack(start) * n)
         while go:
@@ -899,6 +907,8 @@ def _run(job: Job, n: int) -> RunResult:
         reports = children.collect(b"D", report_by, "report")
         cpu_after = _cpu_seconds(job.target.broker_pid) if broker else None
         mysql_after = _cpu_seconds(job.target.mysql_pid)
+        host_after = _host_switches()
+        switches_after = _switches(job.target.broker_pid) if broker else None
     finally:
         children.end()
         for fd in (go_r, go_w):
@@ -931,7 +941,36 @@ def _run(job: Job, n: int) -> RunResult:
         _spent(cpu_before, cpu_after),
         client_cpu,
         _spent(mysql_before, mysql_after),
+        _spent(host_before, host_after),  # type: ignore[arg-type]
+        _spent(switches_before, switches_after),  # type: ignore[arg-type]
     )
+
+
+def _host_switches() -> int | None:
+    """Return the host's context switches since boot (/proc/stat ctxt), or None."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("ctxt "):
+                return int(line.split()[1])
+    except OSError:
+        pass  # not Linux: the column shows -
+    return None
+
+
+def _switches(pid: int | None) -> int | None:
+    """Return the context switches of every thread of pid so far, or None."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/status").read_text()
+            for line in text.splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return total
 
 
 def _spent(before: float | None, after: float | None) -> float | None:
@@ -994,17 +1033,29 @@ def _cell(
         if side == "broker":
             parts.append(row["broker_cpu_us"])
         row[f"cpu_{side}_us"] = None if None in parts else sum(parts)
+        row[f"switches_{side}"] = _per_unit(
+            [r.host_switches for r in results], results, per, scale=1
+        )
+    row["switches_broker_own"] = _per_unit(
+        [r.broker_switches for r in runs["broker"]], runs["broker"], per, scale=1
+    )
     return row
 
 
 def _per_unit(
-    seconds: list[float | None], results: list[RunResult], per: int
+    amounts: list[float | None],
+    results: list[RunResult],
+    per: int,
+    scale: float = 1e6,
 ) -> float | None:
-    """Return CPU µs per query (per 1,000 rows when per is 1000), or None if unknown."""
+    """Return amounts per query (per 1,000 rows when per is 1000), or None if unknown.
+
+    CPU seconds become µs (scale 1e6); counts such as context switches stay counts.
+    """
     units = sum(r.units for r in results)
-    if not units or None in seconds:
+    if not units or None in amounts:
         return None
-    return sum(seconds) / units * 1e6 * per  # type: ignore[arg-type]
+    return sum(amounts) / units * scale * per  # type: ignore[arg-type]
 
 
 def _bench(settings: Settings, target: Target, progress: Progress) -> Iterator[dict]:
@@ -1075,6 +1126,9 @@ COLUMNS = (
     ("broker µs/q", "broker_cpu_us", "{:,.0f}"),
     ("all µs/q broker", "cpu_broker_us", "{:,.0f}"),
     ("all µs/q direct", "cpu_direct_us", "{:,.0f}"),
+    ("cs/q broker", "switches_broker", "{:.2f}"),
+    ("cs/q direct", "switches_direct", "{:.2f}"),
+    ("broker cs/q", "switches_broker_own", "{:.2f}"),
 )
 
 
@@ -1103,6 +1157,10 @@ def format_table(rows: list[dict], about: str = "") -> str:
     out.append(
         "all µs/q: CPU time of clients, broker and MySQL together per query "
         "(- when MySQL is not on this host)"
+    )
+    out.append(
+        "cs/q: context switches on the whole host per query, each side; "
+        "broker cs/q: the broker's own"
     )
     if any(row["scenario"] in ROW_SCENARIOS for row in rows):
         out.append(

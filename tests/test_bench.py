@@ -115,7 +115,10 @@ def test_bench_prints_one_table_using_a_running_broker(
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("scenario"))
     assert lines[header].split("  ")[:3] == ["scenario", "N", "qps broker"]
-    assert lines[header].endswith("broker µs/q  all µs/q broker  all µs/q direct")
+    assert lines[header].endswith(
+        "broker µs/q  all µs/q broker  all µs/q direct  cs/q broker  cs/q direct  "
+        "broker cs/q"
+    )
     body = [line.split() for line in lines[header + 1 : header + 4]]
     assert [(cols[0], cols[1]) for cols in body] == [
         ("insert", "2"),
@@ -123,9 +126,12 @@ def test_bench_prints_one_table_using_a_running_broker(
         ("range", "2"),
     ]
     assert all(cols[9] in ("1", "2") and cols[10] == "2" for cols in body), body
+    assert all(float(cols[-3]) > 0 and float(cols[-1]) > 0 for cols in body), body
     assert lines[header + 4 :] == [
         "all µs/q: CPU time of clients, broker and MySQL together per query "
         "(- when MySQL is not on this host)",
+        "cs/q: context switches on the whole host per query, each side; "
+        "broker cs/q: the broker's own",
         "range, stream: qps is rows/s and µs/q is per 1,000 rows; "
         "stream runs one client",
         "txn: qps and µs/q count whole transactions",
