@@ -53,6 +53,8 @@ MAX_BUSY_POLL_US = 100_000  # beyond this a spin is no longer a short wait
 MAX_CONNECT_TIMEOUT = 31536000.0  # pymysql refuses anything above one year
 DEFAULT_CONNECT_TIMEOUT = 10.0  # pymysql's own default
 DEFAULT_CHARSET = "utf8mb4"
+READ_YOUR_WRITES = ("off", "process", "host")
+MIN_CHECK_INTERVAL = 0.05  # replica lag checks faster than this are load, not news
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
@@ -188,6 +190,12 @@ class PoolConfig:
     transaction_idle_timeout: float = 60.0  # live
     read_only: bool = False  # new connections; SET SESSION TRANSACTION READ ONLY
     allowed_keys: tuple[str, ...] = ()  # live; tcp client public keys (z85); () = all
+    replicas: tuple[str, ...] = ()  # restart; DSNs of read-only copies of dsn's server
+    replica_max_lag: float = 5.0  # live; s behind the primary a replica may serve at
+    replica_max_size: int | None = None  # live; connections per replica; None: max_size
+    replica_check_interval: float = 1.0  # live; s between lag checks of each replica
+    read_your_writes: str = "process"  # live; "off", "process" or "host"
+    replica_wait_timeout: float = 0.5  # live; s a read waits for a replica to catch up
     password: str | None = field(default=None, repr=False)  # like password_file
     host: str | None = field(default=None, init=False)
     port: int = field(default=3306, init=False)
@@ -218,6 +226,10 @@ class PoolConfig:
             "init_sql": _strings,
             "read_only": _bool,
             "allowed_keys": _strings,
+            "replicas": _strings,
+            "replica_max_lag": lambda k, v: _seconds(k, v, positive=True),
+            "replica_check_interval": lambda k, v: _seconds(k, v, positive=True),
+            "replica_wait_timeout": _seconds,
         }
         for name, check in checks.items():
             object.__setattr__(self, name, check(key + name, getattr(self, name)))
@@ -226,6 +238,22 @@ class PoolConfig:
                 key + "min_size",
                 f"must be <= max_size ({self.max_size}), got {self.min_size}",
             )
+        if self.replica_max_size is not None:
+            _int(key + "replica_max_size", self.replica_max_size, 1)
+        if self.read_your_writes not in READ_YOUR_WRITES:
+            raise _error(
+                key + "read_your_writes",
+                f"must be one of {', '.join(READ_YOUR_WRITES)}, "
+                f"got {self.read_your_writes!r}",
+            )
+        if self.replica_check_interval < MIN_CHECK_INTERVAL:
+            raise _error(
+                key + "replica_check_interval",
+                f"must be at least {MIN_CHECK_INTERVAL} s, "
+                f"got {self.replica_check_interval!r}",
+            )
+        for dsn in self.replicas:
+            _parse_replica_dsn(key + "replicas", dsn)
         if self.password_file is not None:
             _text(key + "password_file", self.password_file)
         if self.password is not None and not isinstance(self.password, str):
@@ -248,6 +276,18 @@ class PoolConfig:
             object.__setattr__(self, "password", dsn_password)
         for name, value in parts.items():
             object.__setattr__(self, name, value)
+        for dsn in self.replicas:
+            replica = _parse_replica_dsn(key + "replicas", dsn)
+            if (replica["host"], replica["port"], replica["unix_socket"]) == (
+                self.host,
+                self.port,
+                self.unix_socket,
+            ):
+                raise _error(
+                    key + "replicas",
+                    f"lists the primary itself ({_strip_password(dsn)}); a replica "
+                    "is another server",
+                )
 
     def __repr__(self) -> str:
         # The generated repr would show the dsn, and with it any password in it.
@@ -272,6 +312,26 @@ class PoolConfig:
             "charset": self.charset,
             "connect_timeout": self.connect_timeout,
         }
+
+    def replica_configs(self) -> list[PoolConfig]:
+        """Return one config per replica: this pool's settings on the replica's DSN.
+
+        Replica connections share the pool's credentials, init_sql, recycling
+        and timeouts, are capped at replica_max_size, and run READ ONLY so a
+        statement wrongly judged a read fails instead of diverging the copy.
+        """
+        size = self.replica_max_size or self.max_size
+        return [
+            dataclasses.replace(
+                self,
+                dsn=dsn,
+                max_size=size,
+                min_size=min(self.min_size, size),
+                read_only=True,
+                replicas=(),
+            )
+            for dsn in self.replicas
+        ]
 
     def safe_dsn(self) -> str:
         """Return the DSN for logs and status: the same URL without any password."""
@@ -470,6 +530,18 @@ def _parse_dsn(key: str, dsn: str) -> dict:
         "charset": charset,
         "connect_timeout": connect_timeout,
     }
+
+
+def _parse_replica_dsn(key: str, dsn: str) -> dict:
+    """Check one entry of ``replicas``: a DSN without a password of its own."""
+    parts = _parse_dsn(key, dsn)
+    if parts["password"] is not None:
+        raise _error(
+            key,
+            "a replica DSN must not contain a password: replicas use the pool's "
+            "user and password (dsn, password_file or $BROKER_PASSWORD)",
+        )
+    return parts
 
 
 def _strip_password(dsn: str) -> str:
@@ -680,8 +752,9 @@ def _load(
     for name, values in pool_values.items():
         key = f"pools.{name}."
         values.setdefault("dsn", "")
-        if "init_sql" in values:
-            values["init_sql"] = _strings(key + "init_sql", values["init_sql"])
+        for listed in ("init_sql", "replicas"):
+            if listed in values:
+                values[listed] = _strings(key + listed, values[listed])
         password_file = values.get("password_file")
         if password_file is not None:
             _text(key + "password_file", password_file)
@@ -790,6 +863,16 @@ def describe(config: Config) -> str:
             f"  recycle: max_lifetime {pool.max_lifetime:g}s, "
             f"idle_timeout {pool.idle_timeout:g}s, "
             f"max_uses {pool.max_uses or 'unlimited'}",
+            *(
+                [
+                    f"  replicas: {', '.join(pool.replicas)} (max lag "
+                    f"{pool.replica_max_lag:g}s, checked every "
+                    f"{pool.replica_check_interval:g}s, read_your_writes "
+                    f"{pool.read_your_writes})"
+                ]
+                if pool.replicas
+                else []
+            ),
             f"  init_sql: {len(pool.init_sql)} statement(s)"
             + (", read_only" if pool.read_only else "")
             + (

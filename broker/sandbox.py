@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -221,6 +222,8 @@ class Sandbox:
         password: Password of the `broker` account.
         template: A datadir made by `init_datadir()` to copy instead of
             initialising a new one; about half a second faster.
+        options: Extra server options, after the defaults so they win (for
+            example ``--log-bin`` and ``--server-id`` for a replication pair).
     """
 
     host = HOST
@@ -233,7 +236,9 @@ class Sandbox:
         *,
         password: str = DEFAULT_PASSWORD,
         template: str | os.PathLike | None = None,
+        options: Sequence[str] = (),
     ) -> None:
+        self.options = tuple(options)
         self.base_dir = Path(base_dir).resolve()
         self.password = password
         self.template = template
@@ -428,6 +433,7 @@ class Sandbox:
             *INNODB_OPTIONS,
             *SERVER_OPTIONS,
             *(() if _is_mariadb(server) else MYSQL_ONLY_OPTIONS),
+            *self.options,
             *_as_root(),
         ]
         with open(self._log_path, "ab") as out:
