@@ -27,7 +27,7 @@ def parse(text: str) -> Position:
         item = item.strip()
         if not item:
             continue
-        domain, server, seq = (int(part) for part in item.split("-"))
+        domain, server, seq = (int(part) for part in item.split("-"))  # ValueError
         if domain not in pos or pos[domain][1] < seq:
             pos[domain] = (server, seq)
     return pos
@@ -92,7 +92,12 @@ def _tracked_gtid(ok: bytes) -> str | None:
             name = ok[q : q + n]
             v, q = _lenenc(ok, q + n)
             if name == _LAST_GTID:
-                return ok[q : q + v].decode("ascii") or None
+                if q + v > len(ok):
+                    raise ValueError("tracking data cut short")
+                text = ok[q : q + v].decode("ascii")
+                if text:
+                    parse(text)  # raises ValueError unless it is a GTID list
+                return text or None
         p += size
     return None
 

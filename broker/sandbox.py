@@ -75,6 +75,9 @@ SERVER_OPTIONS = (
     "--innodb-buffer-pool-dump-at-shutdown=0",
     "--innodb-buffer-pool-load-at-startup=0",
 )
+# A primary of a replication pair: a binary log, GTIDs from server id 1.
+PRIMARY_OPTIONS = ("--log-bin=mysql-bin", "--server-id=1", "--binlog-format=ROW")
+REPLICA_OPTIONS = ("--server-id=2",)
 # MySQL 8 would otherwise bind its X protocol to port 33060 on every address.
 MYSQL_ONLY_OPTIONS = ("--mysqlx=0",)
 
@@ -392,6 +395,27 @@ class Sandbox:
             proc.wait()
             log.info("sandbox: pid %d killed", proc.pid)
         self._forget()
+
+    def replicate(self, primary: Sandbox, delay: int = 0) -> None:
+        """Make this server a GTID replica of primary (from its first GTID).
+
+        primary runs with `PRIMARY_OPTIONS`; delay is MASTER_DELAY in seconds.
+        A reconnect is tried every second, so a restarted primary is found fast.
+        """
+        conn = self.admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("STOP SLAVE")
+                cur.execute(
+                    "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, "
+                    "MASTER_USER='root', MASTER_PASSWORD='', "
+                    "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, "
+                    "MASTER_DELAY=%s",
+                    (HOST, primary.port, delay),
+                )
+                cur.execute("START SLAVE")
+        finally:
+            conn.close()
 
     def restart(self) -> None:
         """Stop the server if it runs, then start it on the same port and socket."""

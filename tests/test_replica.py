@@ -24,7 +24,7 @@ import pytest
 from broker_fixtures import ROOT, BrokerProcess
 
 import client
-from broker.sandbox import Sandbox
+from broker.sandbox import PRIMARY_OPTIONS, REPLICA_OPTIONS, Sandbox
 
 DATABASE = "replica_test"
 CHECK = 0.2  # replica_check_interval in these tests: fast, still a few checks/s
@@ -57,17 +57,6 @@ def _run(server: Sandbox, *sql: str) -> list[tuple]:
         conn.close()
 
 
-def _replicate(replica: Sandbox, primary: Sandbox, delay: int = 0) -> None:
-    _run(
-        replica,
-        "STOP SLAVE",
-        f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, "
-        "MASTER_USER='root', MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos, "
-        f"MASTER_CONNECT_RETRY=1, MASTER_DELAY={delay}",
-        "START SLAVE",
-    )
-
-
 def _caught_up(replica: Sandbox, primary: Sandbox) -> bool:
     want = _run(primary, "SELECT @@gtid_binlog_pos")[0][0]
     return _run(replica, f"SELECT MASTER_GTID_WAIT('{want}', 5)")[0][0] == 0
@@ -78,25 +67,23 @@ class Pair:
 
     def __init__(self, base: Path, template: Path) -> None:
         self.primary = Sandbox(
-            base / "primary",
-            template=template,
-            options=["--log-bin=mysql-bin", "--server-id=1", "--binlog-format=ROW"],
+            base / "primary", template=template, options=PRIMARY_OPTIONS
         )
         self.replica = Sandbox(
-            base / "replica", template=template, options=["--server-id=2"]
+            base / "replica", template=template, options=REPLICA_OPTIONS
         )
 
     def start(self) -> None:
         self.primary.start()
         self.replica.start()
-        _replicate(self.replica, self.primary)
+        self.replica.replicate(self.primary)
         _run(self.primary, f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
         assert _caught_up(self.replica, self.primary)
 
     def delay(self, seconds: int) -> None:
         """Set MASTER_DELAY on the replica (after letting it catch up)."""
         assert _caught_up(self.replica, self.primary)
-        _replicate(self.replica, self.primary, delay=seconds)
+        self.replica.replicate(self.primary, delay=seconds)
 
     def stop(self) -> None:
         self.replica.stop()
@@ -120,7 +107,7 @@ def table(pair: Pair) -> Iterator[str]:
     pair.primary.start()
     pair.replica.start()
     _run(pair.replica, "START SLAVE")
-    _replicate(pair.replica, pair.primary)
+    pair.replica.replicate(pair.primary)
     _run(
         pair.primary,
         f"DROP TABLE IF EXISTS {DATABASE}.t",
@@ -128,7 +115,7 @@ def table(pair: Pair) -> Iterator[str]:
     )
     assert _caught_up(pair.replica, pair.primary)
     yield f"{DATABASE}.t"
-    _replicate(pair.replica, pair.primary)
+    pair.replica.replicate(pair.primary)
 
 
 @pytest.fixture
