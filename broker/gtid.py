@@ -22,6 +22,9 @@ _LAST_GTID = b"last_gtid"
 
 def parse(text: str) -> Position:
     """Return the position a GTID list such as ``0-1-42,1-2-7`` names."""
+    if text and "," not in text:  # one GTID, as every write reports: fast path
+        domain, server, seq = text.split("-")  # ValueError unless three parts
+        return {int(domain): (int(server), int(seq))}
     pos: Position = {}
     for item in text.split(","):
         item = item.strip()
@@ -94,28 +97,32 @@ def _tracked_gtid(ok: bytes) -> str | None:
             if name == _LAST_GTID:
                 if q + v > len(ok):
                     raise ValueError("tracking data cut short")
-                text = ok[q : q + v].decode("ascii")
-                if text:
-                    parse(text)  # raises ValueError unless it is a GTID list
-                return text or None
+                return ok[q : q + v].decode("ascii")
         p += size
     return None
 
 
-def last_gtid(data: bytes) -> str | None:
-    """Return the GTID a write's response reports, or None.
+def last_gtid(data: bytes) -> Position | None:
+    """Return the position of the GTID a write's response reports, or None.
 
     The tracking data rides on the OK packet that ends the response: the
-    first packet of a plain write, the last one after a CALL's result sets.
+    first packet of a plain write (looked at first: the usual case), the last
+    one after a CALL's result sets.
     """
-    packets = _packets(data)
-    for start, end in (packets[0], packets[-1]) if packets else ():
-        if end - start >= 7 and data[start] == 0:
-            try:
-                return _tracked_gtid(data[start:end])
-            except (ValueError, IndexError, UnicodeDecodeError):
-                return None  # malformed tracking data: no GTID learned
-    return None
+    length = int.from_bytes(data[:3], "little")
+    start, end = 4, 4 + length
+    if not (data[4:5] == b"\x00" and end <= len(data)):
+        packets = _packets(data)
+        if not packets:
+            return None
+        start, end = packets[-1]
+    if end - start < 7 or data[start] != 0:
+        return None
+    try:
+        text = _tracked_gtid(data[start:end])
+        return parse(text) if text else None
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None  # malformed tracking data: no GTID learned
 
 
 def first_value(data: bytes) -> bytes | None:

@@ -149,13 +149,13 @@ class ReadSplit:
             worker.on_state_change = functools.partial(self._learn, rs)
 
     def _learn(self, rs: ReplicaSet, worker: Worker, data: bytes) -> None:
-        text = gtid.last_gtid(data)
-        if not text:
+        pos = gtid.last_gtid(data)
+        if pos is None:
             return
         req = worker.request
         if req is None and worker.pin is not None:
             req = worker.pin.request
-        rs.learn(req.client if req is not None else None, gtid.parse(text))
+        rs.learn(req.client if req is not None else None, pos)
 
     def checked(self, outcome: Outcome) -> None:
         """Apply a lag check the monitor thread reported."""

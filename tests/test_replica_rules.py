@@ -25,7 +25,7 @@ def _packet(payload: bytes, seq: int = 1) -> bytes:
 
 
 def test_last_gtid_is_read_from_the_ok_packet() -> None:
-    assert gtid.last_gtid(_packet(OK_WITH_GTID)) == "0-1-11"
+    assert gtid.last_gtid(_packet(OK_WITH_GTID)) == {0: (1, 11)}
     plain_ok = b"\x00\x00\x00\x02\x00\x00\x00"
     assert gtid.last_gtid(_packet(plain_ok)) is None
     assert gtid.last_gtid(_packet(OK_WITH_GTID[:-3])) is None  # cut short: no GTID
