@@ -7,6 +7,7 @@ of the suite does not pay for them. Each test starts its own broker on them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import socket
@@ -24,6 +25,7 @@ import pytest
 from broker_fixtures import ROOT, BrokerProcess
 
 import client
+import client.aio
 from broker.sandbox import PRIMARY_OPTIONS, REPLICA_OPTIONS, Sandbox
 
 DATABASE = "replica_test"
@@ -196,9 +198,27 @@ def test_replica_read_is_served_by_the_replica_and_writes_by_the_primary(
             rows = rc.stream("SELECT seq FROM seq_1_to_5000", chunk_rows=1000)
             assert sum(row[0] for row in rows) == 5000 * 5001 // 2
             assert rows.served_by == f"replica {address}"
+        assert asyncio.run(_aio_reads(broker.endpoint)) == [
+            (2, f"replica {address}"),
+            (1, "primary"),
+            (15, f"replica {address}"),
+        ]
         stats = _replica_stats(c)
-        assert stats["reads"] >= 3
+        assert stats["reads"] >= 5
         assert stats["connections"] >= 1
+
+
+async def _aio_reads(endpoint: str) -> list[tuple[int, str]]:
+    async with client.aio.Client(endpoint=endpoint, replica=True) as ac:
+        on_replica = await ac.query("SELECT @@server_id")
+        on_primary = await ac.query("SELECT @@server_id", replica=False)
+        stream = ac.stream("SELECT seq FROM seq_1_to_5")
+        total = sum([row[0] async for row in stream])
+        return [
+            (on_replica.scalar(), on_replica.served_by),
+            (on_primary.scalar(), on_primary.served_by),
+            (total, stream.served_by),
+        ]
 
 
 def test_stopped_replication_moves_reads_to_the_primary_and_back(

@@ -11,6 +11,8 @@ import pytest
 from broker import gtid, statement
 from broker.config import ConfigError, PoolConfig
 from broker.replica import RETURN_AFTER, Check, Replica, State
+from broker.request import check_body
+from client.protocol import Op
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -162,3 +164,11 @@ def test_replica_configs_share_credentials_and_cap_their_size() -> None:
 def test_bad_replica_keys_name_the_key(keys: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         PoolConfig(name="default", dsn=PRIMARY, **keys)
+
+
+def test_replica_ops_are_checked_like_the_plain_ones() -> None:
+    assert check_body(Op.QUERY_REPLICA, 0, b"SELECT 1") is None
+    assert "non-empty SQL bytes" in check_body(Op.QUERY_REPLICA, 0, b"")
+    assert "cannot carry a pin" in check_body(Op.QUERY_REPLICA, 7, b"SELECT 1")
+    assert check_body(Op.STREAM_OPEN_REPLICA, 0, [b"SELECT 1", 10, {}]) is None
+    assert "stream body" in check_body(Op.STREAM_OPEN_REPLICA, 0, [b"SELECT 1"])
