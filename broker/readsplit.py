@@ -215,8 +215,12 @@ class ReadSplit:
         need = rs.need(req)
         best = covered = None
         best_load = covered_load = 0
+        # The primary lost: a replica's next check may not have seen it yet.
+        orphaned = rs.primary.failing
         for replica in rs.replicas:
-            if replica.state is not State.SERVING or replica.pool.failing:
+            if replica.pool.failing or not (
+                replica.state is State.SERVING or (orphaned and replica.survivor)
+            ):
                 continue
             load = len(replica.pool.queue) - replica.pool.idle
             if best is None or load < best_load:

@@ -111,6 +111,9 @@ class Replica:
         self.lag: float | None = None  # as last reported (None when NULL)
         self.last_lag: float | None = None  # the last lag actually measured
         self.good = 0  # good checks in a row
+        # Its SQL thread ran and its last measured lag was within the limit at
+        # the last check: it may serve while the primary is unreachable.
+        self.survivor = False
         self.checked_once = False
         self.position: gtid.Position = {}  # applied at least this far
         self.reads = 0  # replica=True reads sent here
@@ -170,20 +173,22 @@ class Replica:
             self.last_lag = check.lag
         if check.position:
             gtid.advance(self.position, gtid.parse(check.position))
+        self.survivor = (
+            check.error is None
+            and check.sql_running == "Yes"
+            and self.last_lag is not None
+            and self.last_lag <= max_lag
+        )
         if check.error is not None:
             self.good = 0
             self._change_state(State.DOWN, check.error)
             return
         running = check.io_running == "Yes" and check.sql_running == "Yes"
-        if running and check.lag is not None and check.lag <= max_lag:
+        # The primary is gone and the replica has applied what it sent: serve
+        # at once, without hysteresis; the reads have nowhere else to go.
+        orphaned = primary_down and self.survivor
+        if orphaned or (running and check.lag is not None and check.lag <= max_lag):
             ok, why = True, ""
-        elif (
-            primary_down
-            and check.sql_running == "Yes"
-            and self.last_lag is not None
-            and self.last_lag <= max_lag
-        ):
-            ok, why = True, ""  # the primary is gone; the replica has what it sent
         elif not running:
             ok = False
             why = (
@@ -201,7 +206,9 @@ class Replica:
         self.good += 1
         first = not self.checked_once
         self.checked_once = True
-        if self.state is not State.SERVING and (first or self.good >= RETURN_AFTER):
+        if self.state is not State.SERVING and (
+            first or orphaned or self.good >= RETURN_AFTER
+        ):
             self._change_state(State.SERVING, "")
 
     def _change_state(self, state: State, why: str) -> None:

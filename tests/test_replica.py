@@ -382,7 +382,7 @@ def test_killed_primary_fails_writes_and_replica_reads_keep_working(
                 c.query(f"INSERT INTO {table} VALUES (2, 2)", timeout=5)
             assert time.monotonic() - began < 5.0
             reads = _read_loop(c, 2.0)
-            assert [v for _, v in reads[-10:]] == [2] * 10, reads
+            assert [v for _, v in reads] == [2] * len(reads), reads
             r = c.query(f"SELECT v FROM {table} WHERE id = 1", replica=True)
             assert r.rows == [(1,)]
             assert r.served_by.startswith("replica")

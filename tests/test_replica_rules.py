@@ -118,10 +118,14 @@ def test_reads_survive_the_primary_loss_while_the_sql_thread_runs() -> None:
     r = _replica(replica_max_lag=5.0)
     r.checked(GOOD, primary_down=False)
     reconnecting = Check(io_running="Connecting", sql_running="Yes", lag=None)
-    r.checked(reconnecting, primary_down=True)
-    assert r.state is State.SERVING
     r.checked(reconnecting, primary_down=False)  # the primary is reachable: no
     assert r.state is State.LAGGING
+    assert r.survivor  # ... but ReadSplit may use it once the primary is lost
+    r.checked(reconnecting, primary_down=True)
+    assert r.state is State.SERVING  # at once: the reads have nowhere else to go
+    r.checked(Check(io_running="Connecting", sql_running="No", lag=None), True)
+    assert r.state is State.LAGGING
+    assert not r.survivor
 
 
 def test_replica_configs_share_credentials_and_cap_their_size() -> None:
