@@ -60,13 +60,19 @@ def main(settings: bench.Settings, as_json: bool) -> int:
     print(about)
     print(
         f"{'N':>3}  {'qps alone':>10}  {'qps split':>10}  {'ratio':>6}  "
-        f"{'p50 alone ms':>12}  {'p50 split ms':>12}  {'on replica':>10}"
+        f"{'p50 alone ms':>12}  {'p50 split ms':>12}  {'broker µs/q alone':>17}  "
+        f"{'split':>6}  {'on replica':>10}"
     )
     for r in rows:
+        cpu = [
+            "-" if r[f"broker_us_{side}"] is None else f"{r[f'broker_us_{side}']:.0f}"
+            for side in SIDES
+        ]
         print(
             f"{r['clients']:>3}  {r['qps_alone']:>10,.0f}  {r['qps_split']:>10,.0f}  "
             f"{r['ratio']:>6.2f}  {r['p50_alone_ms']:>12.3f}  "
-            f"{r['p50_split_ms']:>12.3f}  {r['replica_share']:>10.0%}"
+            f"{r['p50_split_ms']:>12.3f}  {cpu[0]:>17}  {cpu[1]:>6}  "
+            f"{r['replica_share']:>10.0%}"
         )
     return 0
 
@@ -183,6 +189,9 @@ def _cell(
         row[f"p50_{side}_ms"] = bench.percentile(ordered, 0.50) * 1000
         row[f"p99_{side}_ms"] = bench.percentile(ordered, 0.99) * 1000
         row[f"errors_{side}"] = sum(r.errors for r in results)
+        row[f"broker_us_{side}"] = bench._per_unit(
+            [r.cpu_seconds for r in results], results, 1
+        )
     after = _split_reads(targets["split"].client)
     on_replica, on_primary = after[0] - before[0], after[1] - before[1]
     total = on_replica + on_primary
