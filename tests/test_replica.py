@@ -466,3 +466,24 @@ def test_status_and_metrics_show_each_replica(
     key = f'pool="default",replica="127.0.0.1:{pair.replica.port}"'
     assert f'broker_replica_state{{{key},state="serving"}} 1.0' in metrics
     assert f"broker_replica_connections{{{key}}}" in metrics
+
+
+def test_replica_read_past_its_deadline_is_killed_there_and_the_replica_serves_on(
+    start_broker: Callable[..., BrokerProcess], pair: Pair, table: str
+) -> None:
+    broker = start_broker(max_size=1)
+    with broker.client() as c:
+        _wait(lambda: _serving(c), 10, "replica serving")
+        began = time.monotonic()
+        with pytest.raises(client.QueryTimeout, match="KILL QUERY"):
+            c.query("SELECT SLEEP(10)", replica=True, timeout=1)
+        assert time.monotonic() - began < 5.0
+        # The one replica connection was cancelled, not lost: it serves the next.
+        assert _server_id(c, replica=True)[0] == 2
+        stats = c.stats()["pools"]["default"]
+        assert stats["replicas"][0]["lost"] == 0
+        sleeping = (
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+            "WHERE INFO = 'SELECT SLEEP(10)'"
+        )
+        _wait(lambda: _run(pair.replica, sleeping) == [(0,)], 5, "KILL on the replica")
