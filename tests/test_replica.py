@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import signal
 import socket
 import subprocess
 import sys
@@ -487,3 +488,30 @@ def test_replica_read_past_its_deadline_is_killed_there_and_the_replica_serves_o
             "WHERE INFO = 'SELECT SLEEP(10)'"
         )
         _wait(lambda: _run(pair.replica, sleeping) == [(0,)], 5, "KILL on the replica")
+
+
+def test_reload_applies_replica_keys_live_and_keeps_the_replica_list(
+    start_broker: Callable[..., BrokerProcess], pair: Pair, table: str, tmp_path: Path
+) -> None:
+    broker = start_broker(read_your_writes="off")
+    with broker.client() as c:
+        _wait(lambda: _serving(c), 10, "replica serving")
+        pool = {
+            "replicas": [
+                pair.replica.dsn(user="broker", database=DATABASE),
+                "mysql://broker@127.0.0.1:9/replica_test",
+            ],
+            "replica_check_interval": CHECK,
+            "read_your_writes": "host",
+        }
+        dsn = pair.primary.dsn(user="broker", database=DATABASE)
+        broker.write_config(dsn, str(tmp_path / "password"), pool, {})
+        broker.signal(signal.SIGHUP)
+        _wait(
+            lambda: c.stats()["pools"]["default"]["read_your_writes"] == "host",
+            10,
+            "read_your_writes reloaded",
+        )
+        assert len(c.stats()["pools"]["default"]["replicas"]) == 1
+        assert "replicas changed but needs a restart" in broker.log()
+        assert _server_id(c, replica=True)[0] == 2
