@@ -54,7 +54,10 @@ SCENARIOS = {
     "insert": "autocommit INSERT into bench_inserts",
     "txn": "transaction of 2 UPDATEs, 2 SELECTs and 1 INSERT, then COMMIT",
     "stream": "--stream-rows rows of seq_1_to_N, streamed (rows/s; one client)",
+    # Runs alone, on servers of its own: see broker/bench_replica.py.
+    "replica": "point reads with replica=True, one replica beside the primary alone",
 }
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "replica")
 ROW_SCENARIOS = ("range", "stream")  # throughput in rows/s, CPU per 1,000 rows
 SINGLE_CLIENT = ("stream",)  # a stream pins a connection: one client is the test
 ACCOUNTS = "bench_accounts"
@@ -187,9 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
+        default=",".join(DEFAULT_SCENARIOS),
         metavar="NAME,...",
-        help="comma list of %(default)s (default all)",
+        help="comma list of %(default)s (default all), or replica alone",
     )
     parser.add_argument(
         "--duration",
@@ -286,6 +289,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     ):
         if not ok:
             raise BenchError(f"{flag}: must be {want}, got {value!r}")
+    if "replica" in scenarios and len(scenarios) > 1:
+        raise BenchError("--scenarios: replica runs alone (it starts its own servers)")
     if args.dsn is not None:
         _pool_config(args.dsn, None)  # refuse a bad DSN before starting anything
     return Settings(
@@ -318,6 +323,13 @@ def main(args: argparse.Namespace) -> int:
     raise_open_files_limit()
     # SIGTERM takes the Ctrl-C path, so the children, broker and sandbox stop too.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if "replica" in settings.scenarios:
+        from broker import bench_replica
+
+        try:
+            return bench_replica.main(settings, args.json)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     progress = Progress()
     try:
         with contextlib.ExitStack() as cleanup:

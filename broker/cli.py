@@ -353,6 +353,8 @@ def format_status(stats: dict) -> str:
         )
         if p["unreachable"]:
             lines.append(f"{'':<12} MySQL unreachable: {p['last_error']}")
+        for r in p.get("replicas", ()):
+            lines.append(_replica_line(r))
     if stats["pins"]:
         lines += [
             "",
@@ -369,6 +371,18 @@ def format_status(stats: dict) -> str:
                 f"{_duration(pin['age_s']):>8} {_duration(pin['idle_s']):>8}  {holder}"
             )
     return "\n".join(lines)
+
+
+def _replica_line(r: dict) -> str:
+    """Return one replica's line under its pool in `broker status`."""
+    lag = "lag ?" if r["lag_s"] is None else f"lag {r['lag_s']:g}s"
+    line = (
+        f"  replica {r['address']}  {r['state']}  {lag}  "
+        f"conns {r['connections']}/{r['max_size']}  reads {r['reads']}  "
+        f"fallbacks {r['fallbacks']}  ryw waits {r['ryw_waits']} "
+        f"(timed out {r['ryw_timeouts']})"
+    )
+    return line + (f"  ({r['why']})" if r["state"] != "serving" else "")
 
 
 def _duration(seconds: float) -> str:

@@ -59,6 +59,8 @@ DEFAULT_CHARSET = "utf8mb4"
 # connections after drain_timeout.
 UNIT_TIMEOUT_STOP_SEC = 45.0
 STOP_MARGIN = 5.0
+READ_YOUR_WRITES = ("off", "process", "host")
+MIN_CHECK_INTERVAL = 0.05  # replica lag checks faster than this are load, not news
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SOCKET_MODE = re.compile(r"[0-7]{3,4}")
@@ -194,6 +196,12 @@ class PoolConfig:
     transaction_idle_timeout: float = 60.0  # live
     read_only: bool = False  # new connections; SET SESSION TRANSACTION READ ONLY
     allowed_keys: tuple[str, ...] = ()  # live; tcp client public keys (z85); () = all
+    replicas: tuple[str, ...] = ()  # restart; DSNs of read-only copies of dsn's server
+    replica_max_lag: float = 5.0  # live; s behind the primary a replica may serve at
+    replica_max_size: int | None = None  # live; connections per replica; None: max_size
+    replica_check_interval: float = 1.0  # live; s between lag checks of each replica
+    read_your_writes: str = "process"  # live; "off", "process" or "host"
+    replica_wait_timeout: float = 0.5  # live; s a read waits for a replica to catch up
     password: str | None = field(default=None, repr=False)  # like password_file
     host: str | None = field(default=None, init=False)
     port: int = field(default=3306, init=False)
@@ -224,6 +232,10 @@ class PoolConfig:
             "init_sql": _strings,
             "read_only": _bool,
             "allowed_keys": _strings,
+            "replicas": _strings,
+            "replica_max_lag": lambda k, v: _seconds(k, v, positive=True),
+            "replica_check_interval": lambda k, v: _seconds(k, v, positive=True),
+            "replica_wait_timeout": _seconds,
         }
         for name, check in checks.items():
             object.__setattr__(self, name, check(key + name, getattr(self, name)))
@@ -232,6 +244,22 @@ class PoolConfig:
                 key + "min_size",
                 f"must be <= max_size ({self.max_size}), got {self.min_size}",
             )
+        if self.replica_max_size is not None:
+            _int(key + "replica_max_size", self.replica_max_size, 1)
+        if self.read_your_writes not in READ_YOUR_WRITES:
+            raise _error(
+                key + "read_your_writes",
+                f"must be one of {', '.join(READ_YOUR_WRITES)}, "
+                f"got {self.read_your_writes!r}",
+            )
+        if self.replica_check_interval < MIN_CHECK_INTERVAL:
+            raise _error(
+                key + "replica_check_interval",
+                f"must be at least {MIN_CHECK_INTERVAL} s, "
+                f"got {self.replica_check_interval!r}",
+            )
+        for dsn in self.replicas:
+            _parse_replica_dsn(key + "replicas", dsn)
         if self.password_file is not None:
             _text(key + "password_file", self.password_file)
         if self.password is not None and not isinstance(self.password, str):
@@ -254,6 +282,18 @@ class PoolConfig:
             object.__setattr__(self, "password", dsn_password)
         for name, value in parts.items():
             object.__setattr__(self, name, value)
+        for dsn in self.replicas:
+            replica = _parse_replica_dsn(key + "replicas", dsn)
+            if (replica["host"], replica["port"], replica["unix_socket"]) == (
+                self.host,
+                self.port,
+                self.unix_socket,
+            ):
+                raise _error(
+                    key + "replicas",
+                    f"lists the primary itself ({_strip_password(dsn)}); a replica "
+                    "is another server",
+                )
 
     def __repr__(self) -> str:
         # The generated repr would show the dsn, and with it any password in it.
@@ -278,6 +318,26 @@ class PoolConfig:
             "charset": self.charset,
             "connect_timeout": self.connect_timeout,
         }
+
+    def replica_configs(self) -> list[PoolConfig]:
+        """Return one config per replica: this pool's settings on the replica's DSN.
+
+        Replica connections share the pool's credentials, init_sql, recycling
+        and timeouts, are capped at replica_max_size, and run READ ONLY so a
+        statement wrongly judged a read fails instead of diverging the copy.
+        """
+        size = self.replica_max_size or self.max_size
+        return [
+            dataclasses.replace(
+                self,
+                dsn=dsn,
+                max_size=size,
+                min_size=min(self.min_size, size),
+                read_only=True,
+                replicas=(),
+            )
+            for dsn in self.replicas
+        ]
 
     def safe_dsn(self) -> str:
         """Return the DSN for logs and status: the same URL without any password."""
@@ -383,12 +443,14 @@ class Config:
         for name, pool in self.pools.items():
             if pool.name != name:
                 raise _error(f"pools.{name}", f"holds the pool named {pool.name!r}")
-            if pool.max_size < self.broker.loops:
-                raise _error(
-                    f"pools.{name}.max_size",
-                    f"must be at least broker.loops ({self.broker.loops}): each loop "
-                    f"holds a share of the cap, got {pool.max_size}",
-                )
+            for key in ("max_size", "replica_max_size"):
+                size = getattr(pool, key)
+                if size is not None and size < self.broker.loops:
+                    raise _error(
+                        f"pools.{name}.{key}",
+                        f"must be at least broker.loops ({self.broker.loops}): each "
+                        f"loop holds a share of the cap, got {size}",
+                    )
         object.__setattr__(self, "pools", types.MappingProxyType(dict(self.pools)))
 
     def with_sandbox_dsn(self, dsn: str) -> Config:
@@ -488,6 +550,18 @@ def _parse_dsn(key: str, dsn: str) -> dict:
         "charset": charset,
         "connect_timeout": connect_timeout,
     }
+
+
+def _parse_replica_dsn(key: str, dsn: str) -> dict:
+    """Check one entry of ``replicas``: a DSN without a password of its own."""
+    parts = _parse_dsn(key, dsn)
+    if parts["password"] is not None:
+        raise _error(
+            key,
+            "a replica DSN must not contain a password: replicas use the pool's "
+            "user and password (dsn, password_file or $BROKER_PASSWORD)",
+        )
+    return parts
 
 
 def _strip_password(dsn: str) -> str:
@@ -698,8 +772,9 @@ def _load(
     for name, values in pool_values.items():
         key = f"pools.{name}."
         values.setdefault("dsn", "")
-        if "init_sql" in values:
-            values["init_sql"] = _strings(key + "init_sql", values["init_sql"])
+        for listed in ("init_sql", "replicas"):
+            if listed in values:
+                values[listed] = _strings(key + listed, values[listed])
         password_file = values.get("password_file")
         if password_file is not None:
             _text(key + "password_file", password_file)
@@ -830,6 +905,16 @@ def describe(config: Config) -> str:
             f"  recycle: max_lifetime {pool.max_lifetime:g}s, "
             f"idle_timeout {pool.idle_timeout:g}s, "
             f"max_uses {pool.max_uses or 'unlimited'}",
+            *(
+                [
+                    f"  replicas: {', '.join(pool.replicas)} (max lag "
+                    f"{pool.replica_max_lag:g}s, checked every "
+                    f"{pool.replica_check_interval:g}s, read_your_writes "
+                    f"{pool.read_your_writes})"
+                ]
+                if pool.replicas
+                else []
+            ),
             f"  init_sql: {len(pool.init_sql)} statement(s)"
             + (", read_only" if pool.read_only else "")
             + (

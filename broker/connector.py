@@ -30,13 +30,14 @@ KILL_CONNECT_TIMEOUT = 5.0
 # MySQL refused the account: a wrong password or grant, which no retry fixes.
 # 1698 (ER_ACCESS_DENIED_NO_PASSWORD_ERROR) is MySQL's and not in pymysql's ER.
 AUTH_ERRORS = frozenset({ER.ACCESS_DENIED_ERROR, ER.DBACCESS_DENIED_ERROR, 1698})
+TRACK_GTID = "SET SESSION session_track_system_variables = 'last_gtid'"
 
 
 @dataclass
 class Outcome:
     """What a piece of blocking work came to, read by the I/O loop."""
 
-    kind: str  # "open" or "kill"
+    kind: str  # "open", "kill", or "check" (a replica's lag check)
     pool: str
     conn: pymysql.connections.Connection | None = None
     error: Exception | None = None
@@ -50,7 +51,10 @@ def setup_statements(pool: PoolConfig) -> list[str]:
     default, which an operator may have set to 0.
     """
     readonly = ["SET SESSION TRANSACTION READ ONLY"] if pool.read_only else []
-    return ["SET autocommit=1", *readonly, *pool.init_sql]
+    # A primary with replicas reports each write's GTID in its OK packet, the
+    # cheap way to read-your-writes (see broker.readsplit).
+    track = [TRACK_GTID] if pool.replicas else []
+    return ["SET autocommit=1", *readonly, *track, *pool.init_sql]
 
 
 def is_auth_failure(err: BaseException) -> bool:
@@ -68,7 +72,8 @@ class Connector:
         self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="connector")
         self.results: collections.deque[Outcome] = collections.deque()
 
-    def _report(self, outcome: Outcome) -> None:
+    def report(self, outcome: Outcome) -> None:
+        """Hand an outcome to the I/O loop and wake it; safe from any thread."""
         self.results.append(outcome)
         try:
             os.write(self._wake_fd, b"\x00")
@@ -84,15 +89,16 @@ class Connector:
             conn = pymysql.connect(
                 **pool.connect_args(),
                 autocommit=True,
-                client_flag=CLIENT.MULTI_RESULTS,
+                client_flag=CLIENT.MULTI_RESULTS
+                | (CLIENT.SESSION_TRACK if pool.replicas else 0),
             )
             with conn.cursor() as cur:
                 for sql in setup_statements(pool):
                     cur.execute(sql)
         except Exception as err:  # any failure is reported to the loop, not raised
-            self._report(Outcome("open", pool.name, error=err))
+            self.report(Outcome("open", pool.name, error=err, tag=pool))
             return
-        self._report(Outcome("open", pool.name, conn=conn, tag=pool))
+        self.report(Outcome("open", pool.name, conn=conn, tag=pool))
 
     def kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
         """Run KILL QUERY for thread_id from a short-lived extra connection."""
@@ -108,9 +114,9 @@ class Connector:
             finally:
                 conn.close()
         except Exception as err:  # reported; the loop closes the worker instead
-            self._report(Outcome("kill", pool, error=err, tag=tag))
+            self.report(Outcome("kill", pool, error=err, tag=tag))
             return
-        self._report(Outcome("kill", pool, tag=tag))
+        self.report(Outcome("kill", pool, tag=tag))
 
     def shutdown(self) -> None:
         """Stop taking work; threads finish what they run (bounded by timeouts)."""

@@ -74,7 +74,10 @@ def share(config: Config, index: int, loops: int) -> Config:
 
     pools = {
         name: dataclasses.replace(
-            pool, min_size=part(pool.min_size), max_size=part(pool.max_size)
+            pool,
+            min_size=part(pool.min_size),
+            max_size=part(pool.max_size),
+            replica_max_size=pool.replica_max_size and part(pool.replica_max_size),
         )
         for name, pool in config.pools.items()
     }

@@ -7,7 +7,9 @@ deque append per request; percentiles are computed only when someone asks.
 from __future__ import annotations
 
 import collections
+import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 LATENCY_WINDOW = 4096  # recent requests the percentiles are taken over
@@ -160,6 +162,7 @@ class Exporter:
         yield from gauges.values()
         yield latency
         yield from counters.values()
+        yield from _replica_families(stats)
         pins = GaugeMetricFamily("broker_pins", "Open pins by kind.", labels=["kind"])
         kinds = collections.Counter(pin["kind"] for pin in stats["pins"])
         for kind in ("transaction", "session", "stream"):
@@ -187,3 +190,45 @@ _POOL_COUNTERS = {
     "pipelined": "Reads sent behind another read on a busy connection.",
     "abandoned": "Pins (transactions, sessions, streams) freed after going silent.",
 }
+
+
+_REPLICA_COUNTERS = {
+    "reads": "replica=True reads sent to the replica.",
+    "fallbacks": "replica=True reads the primary served while this replica could not.",
+    "ryw_waits": "Reads that first waited for the replica to apply a write.",
+    "ryw_timeouts": "Such waits that timed out; the primary served the read.",
+}
+
+
+def _replica_families(stats: dict[str, Any]) -> Iterator[Any]:
+    """Yield the per-replica metric families of a stats snapshot."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["pool", "replica"]
+    state = GaugeMetricFamily(
+        "broker_replica_state",
+        "1 for the replica's state: serving, lagging or down.",
+        labels=[*labels, "state"],
+    )
+    lag = GaugeMetricFamily(
+        "broker_replica_lag_seconds",
+        "Seconds_Behind_Master at the last check (NaN when NULL).",
+        labels=labels,
+    )
+    conns = GaugeMetricFamily(
+        "broker_replica_connections", "Open connections to the replica.", labels=labels
+    )
+    counters = {
+        key: CounterMetricFamily(f"broker_replica_{key}", text, labels=labels)
+        for key, text in _REPLICA_COUNTERS.items()
+    }
+    for name, pool in stats["pools"].items():
+        for r in pool.get("replicas", ()):
+            key = [name, r["address"]]
+            for s in ("serving", "lagging", "down"):
+                state.add_metric([*key, s], 1 if r["state"] == s else 0)
+            lag.add_metric(key, math.nan if r["lag_s"] is None else r["lag_s"])
+            conns.add_metric(key, r["connections"])
+            for k, family in counters.items():
+                family.add_metric(key, r[k])
+    yield from (state, lag, conns, *counters.values())

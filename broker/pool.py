@@ -56,6 +56,11 @@ class Pool:
         return len(self.workers) + self.opening
 
     @property
+    def idle(self) -> int:
+        """How many workers are idle, ready for a request."""
+        return len(self._idle)
+
+    @property
     def failing(self) -> bool:
         """Whether the server is unreachable: no worker, and the last connect failed."""
         return not self.workers and self.last_error is not None

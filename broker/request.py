@@ -40,6 +40,7 @@ class Request:
         "received",
         "replies",
         "req_id",
+        "served_by",
         "steps",
         "timeout",
     )
@@ -66,6 +67,7 @@ class Request:
         self.index = 0
         self.replies: list[bytes] = []
         self.steps: list[bytes] = []
+        self.served_by: str | None = None  # a replica op's server, told in the reply
 
 
 class Pin:
@@ -125,11 +127,25 @@ def begin_statements(body: dict) -> list[bytes]:
     return steps
 
 
+_UNPINNED = frozenset(
+    {
+        Op.HELLO,
+        Op.BEGIN,
+        Op.SESSION_OPEN,
+        Op.STREAM_OPEN,
+        Op.QUERY_REPLICA,
+        Op.STREAM_OPEN_REPLICA,
+    }
+)
+
+
 def check_body(op: int, pin: int, body: Any) -> str | None:
     """Return what is wrong with a request's body, or None; the body is untrusted."""
     if op == Op.QUERY and type(body) is bytes and body:
         return None  # the common case, first
-    if op == Op.QUERY:
+    if op == Op.QUERY or (
+        op == Op.QUERY_REPLICA and not (type(body) is bytes and body)
+    ):
         return "query body must be non-empty SQL bytes"
     if op == Op.EXECUTEMANY and (
         type(body) is not list
@@ -146,7 +162,7 @@ def check_body(op: int, pin: int, body: Any) -> str | None:
         return f"begin body must be a map with isolation one of {levels}"
     if op == Op.SESSION_OPEN and type(body) is not dict:
         return "session body must be a map"
-    if op == Op.STREAM_OPEN and not (
+    if op in (Op.STREAM_OPEN, Op.STREAM_OPEN_REPLICA) and not (
         type(body) is list
         and len(body) == 3
         and type(body[0]) is bytes
@@ -155,7 +171,7 @@ def check_body(op: int, pin: int, body: Any) -> str | None:
         and 1 <= body[1] <= 1_000_000
     ):
         return "stream body must be [SQL bytes, chunk_rows 1..1000000, who]"
-    if pin and op in (Op.HELLO, Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN):
+    if pin and op in _UNPINNED:
         return f"op {Op(op).name} cannot carry a pin"
     if not pin and op in (
         Op.COMMIT,

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -74,6 +75,9 @@ SERVER_OPTIONS = (
     "--innodb-buffer-pool-dump-at-shutdown=0",
     "--innodb-buffer-pool-load-at-startup=0",
 )
+# A primary of a replication pair: a binary log, GTIDs from server id 1.
+PRIMARY_OPTIONS = ("--log-bin=mysql-bin", "--server-id=1", "--binlog-format=ROW")
+REPLICA_OPTIONS = ("--server-id=2",)
 # MySQL 8 would otherwise bind its X protocol to port 33060 on every address.
 MYSQL_ONLY_OPTIONS = ("--mysqlx=0",)
 
@@ -221,6 +225,8 @@ class Sandbox:
         password: Password of the `broker` account.
         template: A datadir made by `init_datadir()` to copy instead of
             initialising a new one; about half a second faster.
+        options: Extra server options, after the defaults so they win (for
+            example ``--log-bin`` and ``--server-id`` for a replication pair).
     """
 
     host = HOST
@@ -233,7 +239,9 @@ class Sandbox:
         *,
         password: str = DEFAULT_PASSWORD,
         template: str | os.PathLike | None = None,
+        options: Sequence[str] = (),
     ) -> None:
+        self.options = tuple(options)
         self.base_dir = Path(base_dir).resolve()
         self.password = password
         self.template = template
@@ -388,6 +396,27 @@ class Sandbox:
             log.info("sandbox: pid %d killed", proc.pid)
         self._forget()
 
+    def replicate(self, primary: Sandbox, delay: int = 0) -> None:
+        """Make this server a GTID replica of primary (from its first GTID).
+
+        primary runs with `PRIMARY_OPTIONS`; delay is MASTER_DELAY in seconds.
+        A reconnect is tried every second, so a restarted primary is found fast.
+        """
+        conn = self.admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("STOP SLAVE")
+                cur.execute(
+                    "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, "
+                    "MASTER_USER='root', MASTER_PASSWORD='', "
+                    "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, "
+                    "MASTER_DELAY=%s",
+                    (HOST, primary.port, delay),
+                )
+                cur.execute("START SLAVE")
+        finally:
+            conn.close()
+
     def restart(self) -> None:
         """Stop the server if it runs, then start it on the same port and socket."""
         self.stop()
@@ -428,6 +457,7 @@ class Sandbox:
             *INNODB_OPTIONS,
             *SERVER_OPTIONS,
             *(() if _is_mariadb(server) else MYSQL_ONLY_OPTIONS),
+            *self.options,
             *_as_root(),
         ]
         with open(self._log_path, "ab") as out:

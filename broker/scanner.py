@@ -21,6 +21,7 @@ from __future__ import annotations
 MAX_PACKET_LEN = 0xFFFFFF  # a payload this long continues in the next packet
 MORE_RESULTS_EXISTS = 0x0008
 IN_TRANS = 0x0001
+SESSION_STATE_CHANGED = 0x4000  # the OK packet carries session tracking data
 
 
 # States of a scan; plain ints because the loop runs once per packet.

@@ -51,6 +51,7 @@ from broker.loops import LoopSlot
 from broker.metrics import BrokerMetrics, Exporter
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import MAX_QUEUE, Pool
+from broker.readsplit import ReadSplit
 from broker.request import PeerId, Pin, Request, begin_statements, check_body
 from broker.scanner import IN_TRANS
 from broker.systemd import Notifier
@@ -170,6 +171,7 @@ class Server:
         self.pools: dict[str, Pool] = {
             name: Pool(cfg, self.connector) for name, cfg in config.pools.items()
         }
+        self.readsplit = ReadSplit(self)  # replicas: lag checks, read routing
         self._workers: dict[int, Worker] = {}
         self.pins: dict[int, Pin] = {}
         self._inflight: dict[
@@ -201,6 +203,8 @@ class Server:
             Op.BEGIN: self._op_acquire,
             Op.SESSION_OPEN: self._op_acquire,
             Op.STREAM_OPEN: self._op_acquire,
+            Op.QUERY_REPLICA: self.readsplit.route,
+            Op.STREAM_OPEN_REPLICA: self.readsplit.route,
         }
 
     # Setup and teardown ---------------------------------------------------------
@@ -274,9 +278,15 @@ class Server:
         """Open every pool's min_size connections in the background."""
         for pool in self.pools.values():
             pool.open_if_needed()
+        self.readsplit.start()
+
+    def _all_pools(self) -> list[Pool]:
+        """Return the configured pools and their replicas' pools."""
+        return [*self.pools.values(), *self.readsplit.pools()]
 
     def close(self) -> None:
         """Close every connection and socket, and remove ipc socket files."""
+        self.readsplit.close()
         for worker in list(self._workers.values()):
             worker.close()
         self._workers.clear()
@@ -550,6 +560,8 @@ class Server:
         self._send(req.peer, req.req_id, status, body)
 
     def _reply(self, req: Request, status: int, body: Any) -> None:
+        if req.served_by is not None:  # a replica op: say which server ran it
+            status, body = Status.SERVED, [req.served_by, status, body]
         self._answer(req, status, body)
         if req.pool is not None:
             req.pool.metrics.latencies.append(time.monotonic() - req.received)
@@ -587,7 +599,7 @@ class Server:
                         self._drop_piped(piped, "cancelled by the client")
                     self._answer(req, Status.VALUE, True)
                     return
-        for pool in self.pools.values():
+        for pool in self._all_pools():
             for queued in pool.queue:
                 if queued.req_id == target and queued.peer == req.peer:
                     # Still waiting for a connection: it must never be sent.
@@ -1349,7 +1361,7 @@ class Server:
             for piped in worker.piped:
                 if now >= piped.deadline and not piped.cancelled:
                     self._drop_piped(piped, f"deadline of {piped.timeout:.3f} s passed")
-        for pool in self.pools.values():
+        for pool in self._all_pools():
             pool.expire_queue(now, self._expire)
         for listener in self._listeners.values():
             listener.resume(now)
@@ -1377,7 +1389,7 @@ class Server:
 
     def _janitor(self, now: float) -> None:
         """Periodic upkeep: recycle idle connections, free silent pins, refill."""
-        for pool in self.pools.values():
+        for pool in self._all_pools():
             for worker in pool.idle_to_close(now):
                 pool.metrics.recycled += 1
                 self._forget(worker)
@@ -1436,18 +1448,20 @@ class Server:
             outcome = results.popleft()
             if outcome.kind == "kill":
                 self._killed(outcome)
+            elif outcome.kind == "check":
+                self.readsplit.checked(outcome)
             else:
                 self._opened(outcome)
 
     def _opened(self, outcome: Outcome) -> None:
-        pool = self.pools.get(outcome.pool)
+        pool = self.readsplit.pool_for(outcome.tag) or self.pools.get(outcome.pool)
         if pool is None:
             if outcome.conn is not None:
                 outcome.conn.close()
             return
         if outcome.conn is None:
             pool.open_failed(outcome.error)  # type: ignore[arg-type]
-            if pool.failing:
+            if pool.failing and not self.readsplit.reroute(pool):
                 err = _database_error(outcome.error)  # type: ignore[arg-type]
                 while pool.queue:
                     self._fail(pool.queue.popleft(), err)
@@ -1456,6 +1470,7 @@ class Server:
         worker.pool = pool
         worker.config = outcome.tag  # what it was opened with: KILL goes there
         worker.on_closed = self._closed_while_free
+        self.readsplit.adopt(worker)
         self._workers[worker.fd] = worker
         pool.opened(worker)
         opened_with: PoolConfig = outcome.tag
@@ -1488,7 +1503,7 @@ class Server:
             and not any(
                 w.running or w.state is State.RESETTING for w in self._workers.values()
             )
-            and not any(p.queue for p in self.pools.values())
+            and not any(p.queue for p in self._all_pools())
         )
 
     def reload(self) -> None:
@@ -1540,8 +1555,9 @@ class Server:
                     "reload: pool %s removed; closing its connections as they free",
                     name,
                 )
+        self.readsplit.reload(new)
         self.config = new
-        for pool in self.pools.values():
+        for pool in self._all_pools():
             for worker in pool.idle_to_close(time.monotonic()):
                 pool.metrics.recycled += 1
                 self._forget(worker)
@@ -1571,6 +1587,8 @@ class Server:
 
     def _own_stats(self) -> dict[str, Any]:
         now = time.monotonic()
+        pools = {name: pool.snapshot() for name, pool in self.pools.items()}
+        self.readsplit.add_stats(pools)
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -1581,6 +1599,6 @@ class Server:
             "open_files_limit": open_files_limit(),
             "refused_at_fd_limit": sum(x.refused for x in self._listeners.values()),
             **self.metrics.snapshot(),
-            "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
+            "pools": pools,
             "pins": [pin.snapshot(now) for pin in self.pins.values()],
         }

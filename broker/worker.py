@@ -29,7 +29,7 @@ from typing import Any
 import pymysql
 
 from broker.poller import POLLIN, POLLOUT, Poller
-from broker.scanner import Scanner
+from broker.scanner import SESSION_STATE_CHANGED, Scanner
 from client import errors
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class Worker:
         self.on_closed: Callable[[Worker], None] | None = (
             None  # lost while no command ran
         )
+        # Called with a response whose OK packet tracks session state (a
+        # primary's last_gtid), before the response's own callback.
+        self.on_state_change: Callable[[Worker, bytes], None] | None = None
         self.reset_steps: list[bytes] = []
         self.cancel_started = 0.0  # when KILL QUERY was asked for; 0 when not
 
@@ -241,6 +244,8 @@ class Worker:
             data = buf[:end]
             self._in += buf[end:]
         scanner.end = 0
+        if done and scanner.status & SESSION_STATE_CHANGED and self.on_state_change:
+            self.on_state_change(self, data)
         callback = self._done
         if done and self.piped:
             # Another response follows: the callback moves `request` on to it.

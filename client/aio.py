@@ -357,6 +357,7 @@ class Client:
         timeout: default seconds each call waits; every call takes ``timeout=``.
         pool: the broker pool this client's statements run on.
         name: an optional label shown by ``broker status`` beside pid and host.
+        replica: the default of ``replica=`` for `query` and `stream`.
     """
 
     def __init__(
@@ -366,6 +367,7 @@ class Client:
         pool: str = protocol.DEFAULT_POOL,
         *,
         name: str | None = None,
+        replica: bool = False,
     ) -> None:
         if not timeout > 0:
             raise errors.InterfaceError(0, f"timeout must be > 0, got {timeout!r}")
@@ -375,6 +377,7 @@ class Client:
         self.timeout = float(timeout)
         self.pool = pool
         self.name = name
+        self.replica = bool(replica)
         self._ipc_path = (
             self.endpoint[len("ipc://") :]
             if self.endpoint.startswith("ipc://")
@@ -400,9 +403,29 @@ class Client:
     # Statements -------------------------------------------------------------------
 
     async def query(
-        self, sql: str, params: Params = None, *, timeout: float | None = None
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        timeout: float | None = None,
+        replica: bool | None = None,
     ) -> Result:
-        """Run one statement on any free connection of the pool; return its Result."""
+        """Run one statement on any free connection of the pool; return its Result.
+
+        ``replica`` as in `client.Client.query`.
+        """
+        if replica or (replica is None and self.replica):
+            codec = await self._codec_for(timeout)
+            served_by, _, packets = await self._call(
+                Op.QUERY_REPLICA,
+                timeout,
+                0,
+                codec.render(sql, params),
+                Status.SERVED,
+            )
+            result = codec.decode(packets)
+            result.served_by = served_by
+            return result
         return await self._query(sql, params, timeout, 0)
 
     async def executemany(
@@ -434,17 +457,25 @@ class Client:
         *,
         chunk_rows: int = 1000,
         timeout: float | None = None,
+        replica: bool | None = None,
     ) -> Stream:
         """Return an async iterator over a large result, in bounded memory.
 
         ``timeout`` bounds each round trip (the open, each chunk), not the whole
-        stream.
+        stream. ``replica`` as in `client.Client.stream`.
         """
         if type(chunk_rows) is not int or chunk_rows < 1:
             raise errors.InterfaceError(
                 0, f"chunk_rows must be an int >= 1, got {chunk_rows!r}"
             )
-        return Stream(self, sql, params, chunk_rows=chunk_rows, timeout=timeout)
+        return Stream(
+            self,
+            sql,
+            params,
+            chunk_rows=chunk_rows,
+            timeout=timeout,
+            replica=self.replica if replica is None else bool(replica),
+        )
 
     async def ping(self, *, timeout: float | None = None) -> float:
         """Return the round trip to the broker in seconds; raise BrokerUnavailable."""
@@ -732,6 +763,8 @@ class _Pinned:
                 self._client._send_only(close_op, body)
             elif status == Status.CHUNK and not body[1]:
                 self._client._send_only(close_op, body[0])
+            elif status == Status.SERVED:
+                free(body[1], body[2])
 
         return free
 
@@ -903,9 +936,12 @@ class Stream(_Pinned):
         *,
         chunk_rows: int,
         timeout: float | None,
+        replica: bool = False,
     ) -> None:
         super().__init__(client, timeout)
         self._sql, self._params, self._chunk_rows = sql, params, chunk_rows
+        self._replica = replica
+        self.served_by: str | None = None  # "primary" or "replica HOST:PORT", once open
         self._result: Any = None
         self._next: bytes | None = None  # a chunk fetched for the codec to take
         self._done = False  # the broker sent the last chunk and freed the connection
@@ -961,13 +997,17 @@ class Stream(_Pinned):
         codec = await client._codec_for(self._timeout)
         body = [codec.render(self._sql, self._params), self._chunk_rows, client.who()]
         reply = await client._call(
-            Op.STREAM_OPEN,
+            Op.STREAM_OPEN_REPLICA if self._replica else Op.STREAM_OPEN,
             self._timeout,
             0,
             body,
-            Status.CHUNK,
+            Status.SERVED if self._replica else Status.CHUNK,
             self._free_late(Op.STREAM_CLOSE),
         )
+        if self._replica:
+            self.served_by, _, reply = reply
+        else:
+            self.served_by = protocol.SERVED_BY_PRIMARY
         packets = await self._whole_rows(self._chunk(reply))
         info = await client._pool_info(self._timeout)
         stream_codec = Codec(
@@ -1045,10 +1085,14 @@ def default_client() -> Client:
 
 
 async def query(
-    sql: str, params: Params = None, *, timeout: float | None = None
+    sql: str,
+    params: Params = None,
+    *,
+    timeout: float | None = None,
+    replica: bool | None = None,
 ) -> Result:
     """Run one statement through the default Client."""
-    return await default_client().query(sql, params, timeout=timeout)
+    return await default_client().query(sql, params, timeout=timeout, replica=replica)
 
 
 async def executemany(
@@ -1081,6 +1125,9 @@ def stream(
     *,
     chunk_rows: int = 1000,
     timeout: float | None = None,
+    replica: bool | None = None,
 ) -> Stream:
     """Stream the rows of sql through the default Client: ``async for``."""
-    return default_client().stream(sql, params, chunk_rows=chunk_rows, timeout=timeout)
+    return default_client().stream(
+        sql, params, chunk_rows=chunk_rows, timeout=timeout, replica=replica
+    )

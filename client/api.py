@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from client import errors, protocol
@@ -68,6 +68,8 @@ class Client:
             path of its ``.key`` file; default ``$BROKER_SERVER_KEY``.
         client_key: the path of this client's ``.key_secret`` file from
             ``broker keygen``; default ``$BROKER_CLIENT_KEY``.
+        replica: the default of ``replica=`` for `query` and `stream`: whether
+            an eligible replica may serve them (the primary serves otherwise).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Client:
         name: str | None = None,
         server_key: str | None = None,
         client_key: str | None = None,
+        replica: bool = False,
     ) -> None:
         if not timeout > 0:
             raise errors.InterfaceError(0, f"timeout must be > 0, got {timeout!r}")
@@ -90,6 +93,7 @@ class Client:
         self.timeout = float(timeout)
         self.pool = pool
         self.name = name
+        self.replica = bool(replica)
         self._local = threading.local()
         self._info: dict[str, Any] | None = None
         self._closed = False
@@ -106,11 +110,27 @@ class Client:
     # Statements -----------------------------------------------------------
 
     def query(
-        self, sql: str, params: Params = None, *, timeout: float | None = None
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        timeout: float | None = None,
+        replica: bool | None = None,
     ) -> Result:
-        """Run one statement on any free connection of the pool; return its Result."""
+        """Run one statement on any free connection of the pool; return its Result.
+
+        With ``replica=True`` (default: the Client's ``replica``) a plain read
+        may run on an eligible replica; ``Result.served_by`` tells which.
+        """
         codec = self._codec(timeout)
         body = codec.render(sql, params)
+        if replica or (replica is None and self.replica):
+            served_by, _, packets = self._call(
+                Op.QUERY_REPLICA, timeout, 0, body, Status.SERVED
+            )
+            result = codec.decode(packets)
+            result.served_by = served_by
+            return result
         return codec.decode(self._call(Op.QUERY, timeout, 0, body, Status.PACKETS))
 
     def executemany(
@@ -142,17 +162,27 @@ class Client:
         *,
         chunk_rows: int = 1000,
         timeout: float | None = None,
-    ) -> Iterator[tuple]:
+        replica: bool | None = None,
+    ) -> Stream:
         """Iterate over the rows of a large result in bounded memory.
 
         ``timeout`` bounds each round trip (the open, each chunk), not the whole
-        stream.
+        stream. ``replica`` as for `query`; the stream's ``served_by`` says
+        which server runs it once the first row is read.
         """
         if type(chunk_rows) is not int or chunk_rows < 1:
             raise errors.InterfaceError(
                 0, f"chunk_rows must be an int >= 1, got {chunk_rows!r}"
             )
-        return Stream(self, sql, params, chunk_rows=chunk_rows, timeout=timeout, pin=0)
+        return Stream(
+            self,
+            sql,
+            params,
+            chunk_rows=chunk_rows,
+            timeout=timeout,
+            pin=0,
+            replica=self.replica if replica is None else bool(replica),
+        )
 
     def ping(self, *, timeout: float | None = None) -> float:
         """Return the round trip to the broker in seconds; raise BrokerUnavailable."""
@@ -273,9 +303,15 @@ def default_client() -> Client:
     return _default
 
 
-def query(sql: str, params: Params = None, *, timeout: float | None = None) -> Result:
+def query(
+    sql: str,
+    params: Params = None,
+    *,
+    timeout: float | None = None,
+    replica: bool | None = None,
+) -> Result:
     """Run one statement through the default Client."""
-    return default_client().query(sql, params, timeout=timeout)
+    return default_client().query(sql, params, timeout=timeout, replica=replica)
 
 
 def executemany(
@@ -308,9 +344,12 @@ def stream(
     *,
     chunk_rows: int = 1000,
     timeout: float | None = None,
-) -> Iterator[tuple]:
+    replica: bool | None = None,
+) -> Stream:
     """Stream the rows of sql through the default Client."""
-    return default_client().stream(sql, params, chunk_rows=chunk_rows, timeout=timeout)
+    return default_client().stream(
+        sql, params, chunk_rows=chunk_rows, timeout=timeout, replica=replica
+    )
 
 
 def _after_fork_in_child() -> None:

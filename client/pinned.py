@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 
 from client import errors
-from client.protocol import Op, Status
+from client.protocol import SERVED_BY_PRIMARY, Op, Status
 from client.result import Result
 
 if TYPE_CHECKING:
@@ -244,9 +244,12 @@ class Stream(_Pinned):
         chunk_rows: int,
         timeout: float | None,
         pin: int,
+        replica: bool = False,
     ) -> None:
         super().__init__(client, timeout)
         self._sql, self._params, self._chunk_rows = sql, params, chunk_rows
+        self._replica = replica
+        self.served_by: str | None = None  # "primary" or "replica HOST:PORT", once open
         self._result: Any = None
         self._done = False  # the broker sent the last chunk and freed the connection
         self._finished = False  # no more rows for the caller
@@ -283,9 +286,14 @@ class Stream(_Pinned):
         client = self._client
         codec = client._codec(self._timeout)
         body = [codec.render(self._sql, self._params), self._chunk_rows, client.who()]
-        packets = self._chunk(
-            client._call(Op.STREAM_OPEN, self._timeout, 0, body, Status.CHUNK)
-        )
+        if self._replica:
+            self.served_by, _, reply = client._call(
+                Op.STREAM_OPEN_REPLICA, self._timeout, 0, body, Status.SERVED
+            )
+        else:
+            self.served_by = SERVED_BY_PRIMARY
+            reply = client._call(Op.STREAM_OPEN, self._timeout, 0, body, Status.CHUNK)
+        packets = self._chunk(reply)
         stream_codec = client._new_codec(self._timeout, refill=self._more)
         try:
             self._result = stream_codec.open_stream(packets)

@@ -30,6 +30,10 @@ Reply, broker to client::
 - `Status.CHUNK`: ``[pin, done, packets]``: part of a streamed result.
 - `Status.VALUE`: a plain msgpack value (ping, hello, stats, a new pin id).
 - `Status.ERROR`: ``[class_name, errno, msg, sqlstate]``, see `client.errors`.
+- `Status.SERVED`: ``[served_by, status, body]``: the reply to a ``*_REPLICA``
+  op, a PACKETS or CHUNK body with the server that ran it (`SERVED_BY_PRIMARY`
+  or ``"replica HOST:PORT"``). Plain ops never get it: they always run on the
+  primary, so their replies cost what they did before replicas existed.
 
 Why passthrough: parsing rows costs pymysql ~44 µs for one row and ~8.8 ms for a
 thousand; doing it in the single broker thread made the broker the ceiling.
@@ -68,6 +72,8 @@ class Op(enum.IntEnum):
     STREAM_NEXT = 12  # pin; body None; reply CHUNK
     STREAM_CLOSE = 13  # pin; body None; reply VALUE None; the pin ends
     CANCEL = 14  # body: req_id of this peer's running or queued request; VALUE bool
+    QUERY_REPLICA = 15  # body as QUERY; an eligible replica may run it; SERVED
+    STREAM_OPEN_REPLICA = 16  # body as STREAM_OPEN; may run on a replica; SERVED
 
 
 class Status(enum.IntEnum):
@@ -78,6 +84,7 @@ class Status(enum.IntEnum):
     CHUNK = 2
     VALUE = 3
     ERROR = 4
+    SERVED = 5
 
 
 # Keys of the HELLO reply: what a client needs to render SQL for a pool.
@@ -85,6 +92,8 @@ INFO_CHARSET = "charset"  # connection charset, e.g. "utf8mb4"
 INFO_SERVER_STATUS = "server_status"  # MySQL status flags (NO_BACKSLASH_ESCAPES)
 INFO_SERVER_VERSION = "server_version"
 INFO_MAX_MESSAGE_BYTES = "max_message_bytes"
+
+SERVED_BY_PRIMARY = "primary"  # Result.served_by of anything the primary ran
 
 _packer = msgpack.Packer(use_bin_type=True)
 _OPS = frozenset(Op)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from client.protocol import SERVED_BY_PRIMARY
+
 
 class Result:
     """Rows, column names and counts of one statement.
@@ -12,9 +14,19 @@ class Result:
     ``rows`` hold values typed exactly as pymysql returns them. ``rowcount`` is
     the affected rows of a write or the number of rows of a read; ``lastrowid``
     the AUTO_INCREMENT id of an INSERT, else what pymysql gives (0 or None).
+    ``served_by`` is ``"primary"``, or ``"replica HOST:PORT"`` for a
+    ``replica=True`` read a replica ran.
     """
 
-    __slots__ = ("columns", "description", "lastrowid", "rowcount", "rows", "warnings")
+    __slots__ = (
+        "columns",
+        "description",
+        "lastrowid",
+        "rowcount",
+        "rows",
+        "served_by",
+        "warnings",
+    )
 
     def __init__(
         self,
@@ -23,6 +35,7 @@ class Result:
         rowcount: int,
         lastrowid: int | None,
         warnings: int = 0,
+        served_by: str = SERVED_BY_PRIMARY,
     ) -> None:
         self.rows = rows
         self.description = description  # PEP 249 7-tuples, as pymysql builds them
@@ -30,6 +43,7 @@ class Result:
         self.rowcount = rowcount
         self.lastrowid = lastrowid
         self.warnings = warnings
+        self.served_by = served_by
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -1,0 +1,204 @@
+"""`broker bench --scenarios replica`: reads with one replica beside the primary alone.
+
+The bench starts its own pair of sandbox servers (a primary with a binary
+log, and a GTID replica of it) and one broker with two pools on the same
+primary: ``alone`` (no replicas) and ``split`` (the replica in ``replicas``).
+N clients run the point scenario with ``replica=True`` against each pool in
+turn, alternating which goes first over --rounds, as the other cells do. On
+one host the replica adds no CPU, only a second server to spread reads over:
+the figure says what the broker's routing costs and what a second server's
+lock and buffer-pool work buys, not what a replica on its own machine gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import client
+from broker import bench
+from broker.sandbox import PRIMARY_OPTIONS, REPLICA_OPTIONS, Sandbox, SandboxError
+from client.protocol import SERVED_BY_PRIMARY
+
+SIDES = ("alone", "split")  # the pools: primary only, primary + one replica
+SERVING_TIMEOUT = 30.0
+
+
+def main(settings: bench.Settings, as_json: bool) -> int:
+    """Run the replica cells; print the table (or JSON) and return an exit code."""
+    if settings.dsn or settings.endpoint:
+        print(
+            "broker bench: --scenarios replica starts its own primary, replica "
+            "and broker; leave out --dsn and --endpoint",
+            file=sys.stderr,
+        )
+        return 2
+    progress = bench.Progress()
+    try:
+        with contextlib.ExitStack() as cleanup:
+            targets, about = _set_up(settings, cleanup)
+            rows = [_cell(settings, targets, n, progress) for n in settings.clients]
+    except KeyboardInterrupt:
+        progress.finish()
+        print("broker bench: interrupted", file=sys.stderr)
+        return 130
+    except (bench.BenchError, SandboxError) as err:
+        progress.finish()
+        print(f"broker bench: {err}", file=sys.stderr)
+        return 1
+    progress.finish()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(about)
+    print(
+        f"{'N':>3}  {'qps alone':>10}  {'qps split':>10}  {'ratio':>6}  "
+        f"{'p50 alone ms':>12}  {'p50 split ms':>12}  {'broker µs/q alone':>17}  "
+        f"{'split':>6}  {'on replica':>10}"
+    )
+    for r in rows:
+        cpu = [
+            "-" if r[f"broker_us_{side}"] is None else f"{r[f'broker_us_{side}']:.0f}"
+            for side in SIDES
+        ]
+        print(
+            f"{r['clients']:>3}  {r['qps_alone']:>10,.0f}  {r['qps_split']:>10,.0f}  "
+            f"{r['ratio']:>6.2f}  {r['p50_alone_ms']:>12.3f}  "
+            f"{r['p50_split_ms']:>12.3f}  {cpu[0]:>17}  {cpu[1]:>6}  "
+            f"{r['replica_share']:>10.0%}"
+        )
+    return 0
+
+
+def _set_up(
+    settings: bench.Settings, cleanup: contextlib.ExitStack
+) -> tuple[dict[str, bench.Target], str]:
+    tmp = tempfile.mkdtemp(prefix="broker-bench-")
+    cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
+    primary = Sandbox(os.path.join(tmp, "primary"), options=PRIMARY_OPTIONS)
+    replica = Sandbox(os.path.join(tmp, "replica"), options=REPLICA_OPTIONS)
+    for server in (primary, replica):
+        cleanup.callback(server.stop)
+        server.start()
+    replica.replicate(primary)
+    connect_args = bench._pool_config(primary.dsn(), None).connect_args()
+    version = bench._make_fixture(connect_args, settings)
+    endpoint = f"ipc://{tmp}/bench.sock"
+    proc = _start_broker(tmp, endpoint, primary, replica, settings)
+    cleanup.callback(bench._stop_broker, proc)
+    targets = {}
+    for side in SIDES:
+        c = client.Client(
+            endpoint=endpoint, timeout=settings.timeout, pool=side, replica=True
+        )
+        targets[side] = bench.Target(c, connect_args, proc.pid, primary.pid, side)
+    _wait_serving(targets["split"].client)
+    about = (
+        f"broker bench: {version}, primary 127.0.0.1:{primary.port} and replica "
+        f"127.0.0.1:{replica.port} on this host; broker pid {proc.pid}, pools "
+        f"'alone' (primary only) and 'split' (one replica), max_size "
+        f"{settings.max_size} each; point reads with replica=True; "
+        f"{os.cpu_count()} CPUs; {settings.rounds} x "
+        f"{settings.duration / settings.rounds:g} s per side per cell, interleaved"
+    )
+    return targets, about
+
+
+def _start_broker(
+    tmp: str,
+    endpoint: str,
+    primary: Sandbox,
+    replica: Sandbox,
+    settings: bench.Settings,
+) -> subprocess.Popen:
+    pool = {
+        "dsn": primary.dsn(),
+        "min_size": 1,
+        "max_size": settings.max_size,
+        "pipeline_depth": settings.pipeline_depth,
+        "queue_timeout": settings.timeout,
+        "query_timeout": settings.timeout,
+    }
+    lines = [
+        "[broker]",
+        f"endpoint = {bench._toml(endpoint)}",
+        'log_level = "warning"',
+        f"busy_poll_us = {settings.busy_poll_us}",
+    ]
+    for side in SIDES:
+        keys = dict(pool, replicas=[replica.dsn()]) if side == "split" else pool
+        lines += ["", f"[pools.{side}]"]
+        lines += [f"{k} = {bench._toml(v)}" for k, v in keys.items()]
+    config = Path(tmp, "broker.toml")
+    config.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    with open(Path(tmp, "broker.log"), "ab") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and argv
+            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            env=env,
+            start_new_session=True,
+        )
+    return proc
+
+
+def _wait_serving(c: client.Client) -> None:
+    deadline = time.monotonic() + SERVING_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(client.BrokerUnavailable):
+            if c.query("SELECT 1").served_by != SERVED_BY_PRIMARY:
+                return
+        time.sleep(0.1)
+    raise bench.BenchError(f"the replica did not serve within {SERVING_TIMEOUT:g} s")
+
+
+def _split_reads(c: client.Client) -> tuple[int, int]:
+    """Return (reads the replica ran, statements the primary ran) in pool split."""
+    pool = c.stats()["pools"]["split"]
+    return pool["replicas"][0]["reads"], pool["served"]
+
+
+def _cell(
+    settings: bench.Settings,
+    targets: dict[str, bench.Target],
+    n: int,
+    progress: bench.Progress,
+) -> dict:
+    """Run point reads at n clients on both pools, interleaved; return the row."""
+    seconds = settings.duration / settings.rounds
+    runs: dict[str, list[bench.RunResult]] = {side: [] for side in SIDES}
+    before = _split_reads(targets["split"].client)
+    for round_ in range(settings.rounds):
+        for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
+            progress.update(f"replica N={n}: {side}, round {round_ + 1}")
+            job = bench.Job("point", "broker", seconds, targets[side], settings)
+            runs[side].append(bench._run(job, n))
+    row: dict = {"scenario": "replica", "clients": n}
+    for side, results in runs.items():
+        ordered = sorted(lat for r in results for lat in r.latencies)
+        row[f"qps_{side}"] = sum(r.rate for r in results) / len(results)
+        row[f"p50_{side}_ms"] = bench.percentile(ordered, 0.50) * 1000
+        row[f"p99_{side}_ms"] = bench.percentile(ordered, 0.99) * 1000
+        row[f"errors_{side}"] = sum(r.errors for r in results)
+        row[f"broker_us_{side}"] = bench._per_unit(
+            [r.cpu_seconds for r in results], results, 1
+        )
+    after = _split_reads(targets["split"].client)
+    on_replica, on_primary = after[0] - before[0], after[1] - before[1]
+    total = on_replica + on_primary
+    row["replica_share"] = on_replica / total if total else 0.0
+    row["ratio"] = row["qps_split"] / row["qps_alone"] if row["qps_alone"] else 0.0
+    progress.cell_done(
+        f"replica N={n}: alone {row['qps_alone']:,.0f}, split "
+        f"{row['qps_split']:,.0f} queries/s ({row['ratio']:.2f}x)"
+    )
+    return row
