@@ -109,6 +109,7 @@ class Settings:
     dsn: str | None
     password_file: str | None
     endpoint: str | None
+    mysqld_thread_pool: bool = False
 
 
 @dataclass
@@ -232,6 +233,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s; 0 = off, the config default)",
     )
     parser.add_argument(
+        "--mysqld-thread-pool",
+        action="store_true",
+        help="start the sandbox MariaDB with --thread-handling=pool-of-threads "
+        "(the server's own remedy for many connections), so the direct side "
+        "runs against a thread pool",
+    )
+    parser.add_argument(
         "--rows",
         type=int,
         default=100_000,
@@ -308,6 +316,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         dsn=args.dsn,
         password_file=args.password_file,
         endpoint=args.endpoint,
+        mysqld_thread_pool=args.mysqld_thread_pool,
     )
 
 
@@ -373,7 +382,7 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
         with client.Client(endpoint=settings.endpoint, timeout=5.0) as probe:
             dsn = _broker_stats(probe, settings.pool)["dsn"]
     if dsn is None:
-        dsn = _start_sandbox(tmp, cleanup)
+        dsn = _start_sandbox(tmp, cleanup, settings.mysqld_thread_pool)
     pool_config = _pool_config(dsn, password)
     connect_args = pool_config.connect_args()
     version = _make_fixture(connect_args, settings)
@@ -400,7 +409,9 @@ def _set_up(settings: Settings, cleanup: contextlib.ExitStack) -> tuple[Target, 
         connect_args["unix_socket"] or f"{connect_args['host']}:{connect_args['port']}"
     )
     about = (
-        f"broker bench: {version} at {where}; broker pid {stats['pid']} pool "
+        f"broker bench: {version}"
+        + (" (pool-of-threads)" if settings.mysqld_thread_pool else "")
+        + f" at {where}; broker pid {stats['pid']} pool "
         f"{settings.pool!r} max_size {pool_stats['max_size']} pipeline_depth "
         f"{pool_stats.get('pipeline_depth', 1)} busy_poll_us "
         f"{stats.get('busy_poll_us', 0)}; {os.cpu_count()} CPUs; "
@@ -431,10 +442,13 @@ def _pool_config(dsn: str, password: str | None) -> PoolConfig:
     return config
 
 
-def _start_sandbox(tmp: str, cleanup: contextlib.ExitStack) -> str:
+def _start_sandbox(
+    tmp: str, cleanup: contextlib.ExitStack, thread_pool: bool = False
+) -> str:
     from broker.sandbox import Sandbox, SandboxError
 
-    sandbox = Sandbox(os.path.join(tmp, "mysql"))
+    options = ["--thread-handling=pool-of-threads"] if thread_pool else []
+    sandbox = Sandbox(os.path.join(tmp, "mysql"), options=options)
     cleanup.callback(sandbox.stop)
     try:
         sandbox.start()

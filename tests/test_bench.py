@@ -76,6 +76,9 @@ def test_bench_json_has_a_row_per_scenario_and_client_count(
         assert 1 <= row["conns_broker"] <= 4, row
         assert row["conns_direct"] == row["clients"]
         assert row["broker_cpu_us"] is not None, row
+        assert row["switches_broker"] > 0, row
+        assert row["switches_direct"] > 0, row
+        assert row["switches_broker_own"] > 0, row
         # The sandbox runs here: every process's CPU is counted, on both sides
         # (MySQL's in clock ticks, which a run this short may not reach).
         assert row["client_cpu_broker_us"] > 0
@@ -176,3 +179,24 @@ def test_bench_refuses_bad_flags_before_starting_anything(args, message):
     assert message in done.stderr
     assert "secret" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.timeout(120)
+def test_bench_runs_its_own_sandbox_with_a_thread_pool(broker_dir):
+    done = _bench(
+        "--mysqld-thread-pool",
+        "--clients",
+        "2",
+        "--scenarios",
+        "select1",
+        *TINY,
+        tmpdir=broker_dir,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "(pool-of-threads)" in lines[0], lines[0]
+    row = next(line.split() for line in lines if line.startswith("select1"))
+    assert int(row[2].replace(",", "")) > 0
+    assert int(row[3].replace(",", "")) > 0
+    assert list(broker_dir.iterdir()) == []
