@@ -443,6 +443,19 @@ class Config:
         for name, pool in self.pools.items():
             if pool.name != name:
                 raise _error(f"pools.{name}", f"holds the pool named {pool.name!r}")
+            if (
+                self.broker.loops > 1
+                and pool.replicas
+                and pool.read_your_writes != "off"
+            ):
+                # Each loop sees only its own clients' writes; a process's
+                # threads (or another process) may talk to another loop.
+                raise _error(
+                    f"pools.{name}.read_your_writes",
+                    f"{pool.read_your_writes!r} needs broker.loops = 1 (each loop "
+                    'knows only the writes it carried); set it to "off" or use '
+                    "one loop",
+                )
             for key in ("max_size", "replica_max_size"):
                 size = getattr(pool, key)
                 if size is not None and size < self.broker.loops:

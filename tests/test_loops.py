@@ -140,3 +140,17 @@ def test_loops_above_a_pools_max_size_is_a_config_error(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"pools.default.max_size.*broker.loops"):
         load(str(path))
+
+
+def test_loops_with_read_your_writes_on_a_replica_pool_is_a_config_error(tmp_path):
+    from broker.config import ConfigError, load
+
+    path = tmp_path / "b.toml"
+    path.write_text(
+        '[broker]\nloops = 2\n[pools.default]\ndsn = "mysql://u@h/db"\n'
+        'replicas = ["mysql://u@r/db"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"read_your_writes.*broker.loops = 1"):
+        load(str(path))
+    path.write_text(path.read_text() + 'read_your_writes = "off"\n')
+    assert load(str(path)).broker.loops == 2
