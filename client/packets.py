@@ -9,6 +9,7 @@ send or return, this sends and returns: that is the whole point of the module.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,25 @@ from client.result import Result
 
 _MAX_PACKET_LEN = 0xFFFFFF
 COLUMN_CACHE_SIZE = 256  # distinct result shapes remembered per codec
+
+
+def weak_refill(method: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Return a refill that calls a stream's bound method without keeping it alive.
+
+    A stream holds its codec; a codec holding the stream's bound method would
+    close a reference cycle, and the stream's ``__del__`` (which frees its
+    broker connection) would then wait for the cyclic garbage collector instead
+    of running as soon as a ``for`` loop breaks out and drops the stream.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def refill() -> bytes:
+        bound = ref()
+        if bound is None:
+            raise errors.InternalError(0, "the stream was closed")
+        return bound()
+
+    return refill
 
 
 class _Recorder(Cursor):
@@ -131,6 +151,8 @@ class Codec(pymysql.connections.Connection):
             while more.has_next:
                 more = _Result(self)
                 more.read()
+        except errors.Error:
+            raise  # ours (a truncated reply; a refill's error): already a client error
         except pymysql.MySQLError as err:
             raise errors.from_pymysql(err) from err
         return Result(
@@ -147,6 +169,8 @@ class Codec(pymysql.connections.Connection):
         result = _Result(self)
         try:
             result.init_unbuffered_query()
+        except errors.Error:
+            raise
         except pymysql.MySQLError as err:
             raise errors.from_pymysql(err) from err
         return result
