@@ -677,12 +677,8 @@ class Client:
         replies = await self._call(
             Op.EXECUTEMANY, timeout, pin, statements, Status.BATCH
         )
-        total, last = 0, None
-        for packets in replies:
-            last = codec.decode(packets)
-            total += last.rowcount
-        assert last is not None  # noqa: S101  the broker answers every statement or errs
-        return Result(last.rows, last.description, total, last.lastrowid, last.warnings)
+        # The broker answers every statement or errs, so there is one at least.
+        return Result.combine([codec.decode(packets) for packets in replies])
 
 
 # Pinned work ------------------------------------------------------------------------
