@@ -26,7 +26,17 @@ handshake. A `Connection` belongs to the thread that runs its transaction
 connection made before ``fork()`` works in the child as long as no transaction
 was open at the fork.
 
-`SSCursor` streams (``Op.STREAM_OPEN``) instead of buffering. A stream runs on
+- An XA transaction (``XA START``) pins a session instead, without BEGIN,
+  until its ``XA COMMIT`` / ``XA ROLLBACK``; the connection's ``commit()``
+  commits one still open, ``rollback()`` and ``close()`` roll it back, so no
+  prepared XA transaction is left behind without its session (MariaDB would
+  keep it, and its locks, and without a binary log refuses to commit it from
+  another connection: error 1031). ``XA RECOVER`` from any connection lists
+  prepared ones.
+
+The cursors are in `client.cursors`; which ``pymysql.connect()`` keywords are
+honoured is in `client.connect_args`. `SSCursor` streams (``Op.STREAM_OPEN``)
+instead of buffering. A stream runs on
 a connection of its own, so it cannot see an open transaction's uncommitted
 writes: the cursor streams in autocommit mode, and when no transaction is open
 yet and the statement is a plain read (it would have been the transaction's
@@ -37,20 +47,35 @@ transaction, which is slower on memory but always correct.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import re
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pymysql
-from pymysql.constants import CLIENT, FIELD_TYPE
 
 from client import errors, protocol
 from client.api import DEFAULT_TIMEOUT, Client, Params
+from client.connect_args import SUPERSETS, pymysql_options_for
 from client.cursors import PYMYSQL_CURSORS, Cursor, DictCursor, SSCursor, SSDictCursor
+from client.dbtypes import (
+    BINARY,
+    DATE,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    TIME,
+    TIMESTAMP,
+    Binary,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+)
 from client.errors import (
     DatabaseError,
     DataError,
@@ -108,71 +133,6 @@ apilevel = "2.0"
 threadsafety = 1  # threads may share the module, but not connections
 paramstyle = "pyformat"  # %s and %(name)s, rendered by pymysql's escaping
 
-# Type objects. A type code in ``cursor.description`` is pymysql's FIELD_TYPE
-# number and compares equal to the object of its kind; pymysql's own sets,
-# completed with the codes MySQL 5+ reports (NEWDECIMAL, VARCHAR, JSON, ...).
-DBAPISet = pymysql.DBAPISet
-STRING = DBAPISet(
-    [
-        FIELD_TYPE.ENUM,
-        FIELD_TYPE.SET,
-        FIELD_TYPE.STRING,
-        FIELD_TYPE.VAR_STRING,
-        FIELD_TYPE.VARCHAR,
-        FIELD_TYPE.JSON,
-    ]
-)
-BINARY = DBAPISet(
-    [
-        FIELD_TYPE.BLOB,
-        FIELD_TYPE.LONG_BLOB,
-        FIELD_TYPE.MEDIUM_BLOB,
-        FIELD_TYPE.TINY_BLOB,
-        FIELD_TYPE.BIT,
-        FIELD_TYPE.GEOMETRY,
-    ]
-)
-NUMBER = DBAPISet(
-    [
-        FIELD_TYPE.DECIMAL,
-        FIELD_TYPE.NEWDECIMAL,
-        FIELD_TYPE.DOUBLE,
-        FIELD_TYPE.FLOAT,
-        FIELD_TYPE.INT24,
-        FIELD_TYPE.LONG,
-        FIELD_TYPE.LONGLONG,
-        FIELD_TYPE.SHORT,
-        FIELD_TYPE.TINY,
-        FIELD_TYPE.YEAR,
-    ]
-)
-DATE = DBAPISet([FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE])
-TIME = DBAPISet([FIELD_TYPE.TIME])
-TIMESTAMP = DBAPISet([FIELD_TYPE.TIMESTAMP, FIELD_TYPE.DATETIME])
-DATETIME = TIMESTAMP
-ROWID = DBAPISet()  # MySQL has no row id type
-
-# Type constructors (PEP 249).
-Date = datetime.date
-Time = datetime.time
-Timestamp = datetime.datetime
-Binary = bytes
-
-
-def DateFromTicks(ticks: float) -> datetime.date:
-    """Return the local date of a Unix timestamp."""
-    return datetime.date(*time.localtime(ticks)[:3])
-
-
-def TimeFromTicks(ticks: float) -> datetime.time:
-    """Return the local time of day of a Unix timestamp."""
-    return datetime.time(*time.localtime(ticks)[3:6])
-
-
-def TimestampFromTicks(ticks: float) -> datetime.datetime:
-    """Return the local date and time of a Unix timestamp."""
-    return datetime.datetime(*time.localtime(ticks)[:6])
-
 
 # A statement an SSCursor may stream outside a transaction: a plain read that
 # neither locks rows nor touches session state.
@@ -227,95 +187,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# pymysql.connect() arguments that name where and how to reach MySQL: the broker
-# pool's dsn decides all of that, so a value here cannot be honoured.
-_POOL_ARGS = (
-    "host",
-    "user",
-    "password",
-    "passwd",
-    "database",
-    "db",
-    "port",
-    "unix_socket",
-    "ssl",
-    "ssl_ca",
-    "ssl_cert",
-    "ssl_key",
-    "ssl_disabled",
-    "ssl_verify_cert",
-    "ssl_verify_identity",
-    "read_default_file",
-    "read_default_group",
-    "bind_address",
-    "named_pipe",
-    "compress",
-    "auth_plugin_map",
-    "server_public_key",
-)
-# Accepted and without effect: the broker opens and sizes the MySQL connections.
-_IGNORED_ARGS = ("connect_timeout", "defer_connect", "max_allowed_packet")
-# Session settings pymysql applies once per connection; a DB-API connection here
-# has no MySQL connection of its own between transactions to apply them to.
-_SESSION_ARGS = {
-    "init_command": "put it in the pool's init_sql",
-    "sql_mode": "set it in the pool's init_sql",
-}
-# Charsets a pool's connection charset encodes exactly as the caller's would.
-_SUPERSETS = {"utf8mb4": {"utf8mb4", "utf8", "utf8mb3"}}
-
-
-def _pymysql_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Check pymysql.connect() keyword arguments; return what the Connection takes.
-
-    Raises:
-        NotSupportedError: naming each argument that cannot be honoured, and why.
-        TypeError: for a keyword pymysql.connect() does not have either.
-    """
-    out: dict[str, Any] = {}
-    refused = []
-    for key, value in options.items():
-        if key in _POOL_ARGS:
-            if value not in (None, "", 0, False):
-                refused.append(f"{key} (the broker pool's dsn decides it; pass pool=)")
-        elif key in _IGNORED_ARGS:
-            pass
-        elif key in _SESSION_ARGS:
-            if value:
-                refused.append(f"{key} ({_SESSION_ARGS[key]})")
-        elif key == "client_flag":
-            flags = int(value or 0)
-            if flags & CLIENT.MULTI_STATEMENTS:
-                refused.append("client_flag CLIENT.MULTI_STATEMENTS (one per call)")
-            if flags & CLIENT.LOCAL_FILES:
-                refused.append("client_flag CLIENT.LOCAL_FILES (LOAD DATA LOCAL)")
-            out["found_rows"] = bool(flags & CLIENT.FOUND_ROWS)
-        elif key == "local_infile":
-            if value:
-                refused.append("local_infile (the broker does not read client files)")
-        elif key == "binary_prefix":
-            if value:
-                refused.append("binary_prefix (pymysql's default escaping only)")
-        elif key == "use_unicode":
-            out["use_unicode"] = bool(value)
-        elif key == "conv":
-            out["conv"] = value
-        elif key == "charset":
-            out["charset"] = value or None
-        elif key == "cursorclass":
-            out["cursorclass"] = value
-        elif key in ("read_timeout", "write_timeout"):
-            if value:
-                out["timeout"] = min(float(value), out.get("timeout", float(value)))
-        elif key == "program_name":
-            out["name"] = value
-        else:
-            raise TypeError(f"connect() got an unexpected keyword argument {key!r}")
-    if refused:
-        raise NotSupportedError(0, "connect() cannot honour: " + "; ".join(refused))
-    return out
-
-
 def connect(
     endpoint: str | None = None,
     pool: str = protocol.DEFAULT_POOL,
@@ -359,7 +230,7 @@ def connect(
         NotSupportedError: for a pymysql argument that cannot be honoured
             (host, user, database, init_command, sql_mode, ...), naming it.
     """
-    options = _pymysql_options(pymysql_options)
+    options = pymysql_options_for(pymysql_options)
     name = options.pop("name", None) if name is None else name
     if timeout is None:
         timeout = options.pop("timeout", DEFAULT_TIMEOUT)
@@ -399,7 +270,11 @@ class _Autocommit(int):
     __str__ = __repr__
 
 
-_XA_BEGINS = re.compile(r"\s*XA\s+(START|BEGIN)\b", re.IGNORECASE)
+_XA_BEGINS = re.compile(
+    r"\s*XA\s+(?:START|BEGIN)\s+(.*?)(?:\s+(?:JOIN|RESUME))?\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_XA_STEP = re.compile(r"\s*XA\s+(END|PREPARE)\b", re.IGNORECASE)
 _LOAD_LOCAL = re.compile(
     r"\s*LOAD\s+(DATA|XML)\s+(LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
 )
@@ -425,8 +300,9 @@ class Connection:
 
     XA transactions (``XA START`` ... ``XA COMMIT``/``XA ROLLBACK``) run on a
     session pinned without BEGIN, which the connection holds until the XA
-    transaction's COMMIT or ROLLBACK, or until ``commit()``, ``rollback()`` or
-    ``close()`` of the connection.
+    transaction's COMMIT or ROLLBACK. ``commit()`` of the connection commits
+    an XA transaction still open (``ONE PHASE`` before PREPARE);
+    ``rollback()`` and ``close()`` roll it back, prepared or not.
     """
 
     # PEP 249 optional extension: the exceptions as connection attributes.
@@ -464,6 +340,8 @@ class Connection:
         self.readonly = bool(readonly)
         self._tx: Transaction | None = None
         self._xa: Session | None = None  # an XA transaction's pinned connection
+        self._xa_xid = ""  # as written after XA START
+        self._xa_state = ""  # "active", "idle" (after XA END) or "prepared"
         self._lost: Error | None = None  # why the open transaction is gone
         self._closed = False
         self._found_rows = bool(found_rows)
@@ -585,7 +463,7 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction and free its MySQL connection, if any."""
         self._check_open()
-        self._end_xa()
+        self._end_xa("COMMIT", check=True)
         tx, lost = self._tx, self._lost
         self._tx = self._lost = None
         if lost is not None:
@@ -601,7 +479,7 @@ class Connection:
     def rollback(self) -> None:
         """Roll back the open transaction and free its MySQL connection, if any."""
         self._check_open()
-        self._end_xa()
+        self._end_xa("ROLLBACK", check=True)
         self._end_transaction()
 
     def close(self) -> None:
@@ -752,7 +630,7 @@ class Connection:
 
     def _check_charset(self, codec: Any) -> None:
         pool = codec.charset
-        if self._charset != pool and self._charset not in _SUPERSETS.get(pool, ()):
+        if self._charset != pool and self._charset not in SUPERSETS.get(pool, ()):
             raise NotSupportedError(
                 0,
                 f"charset {self._charset!r}: the broker pool's connections use "
@@ -777,9 +655,30 @@ class Connection:
             codec = stream._result.connection  # the stream's own codec
             codec.decoders, codec.encoders, codec.use_unicode = self._conv
 
-    def _end_xa(self) -> None:
+    def _end_xa(self, finish: str = "ROLLBACK", check: bool = False) -> None:
+        """End an open XA transaction with COMMIT or ROLLBACK, then its session.
+
+        A prepared XA transaction left without its session would stay
+        prepared on the server, holding its locks; MariaDB 10.11 without a
+        binary log then refuses ``XA COMMIT`` of it from another connection
+        (error 1031), so it is finished here instead of abandoned.
+        """
         xa, self._xa = self._xa, None
-        if xa is not None and xa.pin and xa._pid == os.getpid():
+        if xa is None or not xa.pin or xa._pid != os.getpid():
+            return
+        xid, state = self._xa_xid, self._xa_state
+        steps = [f"XA END {xid}"] if state == "active" else []
+        if finish == "COMMIT" and state != "prepared":
+            steps.append(f"XA COMMIT {xid} ONE PHASE")
+        else:
+            steps.append(f"XA {finish} {xid}")
+        try:
+            for sql in steps:
+                xa.query(sql)
+        except Error:
+            if check:
+                raise
+        finally:
             try:
                 xa.close(timeout=self.timeout)
             except Error:
@@ -789,6 +688,9 @@ class Connection:
         """Run statements on the XA transaction's session; end it after its end."""
         xa = self._xa
         if xa is None:
+            begins = _XA_BEGINS.match(statements[0][0])
+            self._xa_xid = begins.group(1) if begins else ""
+            self._xa_state = "active"
             xa = self._xa = self._client.session(timeout=self.timeout)
             try:
                 xa.open()
@@ -797,8 +699,14 @@ class Connection:
                 raise
         for sql, params in statements:
             result = xa.query(sql, params)
-            if _XA_ENDS.match(sql):
-                self._end_xa()
+            step = _XA_STEP.match(sql)
+            if step:
+                self._xa_state = (
+                    "idle" if step.group(1).upper() == "END" else "prepared"
+                )
+            elif _XA_ENDS.match(sql):
+                self._xa = None
+                xa.close(timeout=self.timeout)
         return result
 
     def _run(self, statements: Sequence[tuple[str, Params]]) -> Result:

@@ -335,3 +335,23 @@ def test_load_data_local_is_refused_with_a_reason(db, connect, table):
         connect().cursor().execute(
             "load data local infile '/etc/hostname' into table t"
         )
+
+
+def test_connection_finishes_an_xa_transaction_it_leaves(connect, db, table):
+    for finish, kept in [("close", 0), ("rollback", 0), ("commit", 1)]:
+        conn = connect()
+        cur = conn.cursor()
+        cur.execute("XA START 'x3'")
+        cur.execute("INSERT INTO t (name, n) VALUES ('later', 9)")
+        cur.execute("XA END 'x3'")
+        cur.execute("XA PREPARE 'x3'")
+        getattr(conn, finish)()  # a prepared XA left on a reset connection
+        assert db.stats()["pins"] == []  # would hold its locks: finished instead
+        assert db.query("XA RECOVER").rows == []
+        found = db.query("SELECT COUNT(*) FROM t WHERE name = 'later'").scalar()
+        assert found == kept, finish
+    conn = connect()
+    conn.cursor().execute("XA START 'x4'")
+    conn.cursor().execute("UPDATE t SET n = 99 WHERE id = 1")
+    conn.commit()  # still active: XA END, then XA COMMIT ONE PHASE
+    assert db.query("SELECT n FROM t WHERE id = 1").scalar() == 99
