@@ -40,6 +40,7 @@ from broker.config import (
 from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
+from broker.pinlimit import OPENS_PIN, PinLimits, effective_cap
 from broker.pool import MAX_QUEUE, Pool
 from broker.request import PeerId, Pin, Request, begin_statements, check_body
 from broker.scanner import IN_TRANS
@@ -162,6 +163,7 @@ class Server:
         }
         self._workers: dict[int, Worker] = {}
         self.pins: dict[int, Pin] = {}
+        self.pin_limits = PinLimits()  # max_pins_per_client
         self._inflight: dict[
             Any, int
         ] = {}  # requests per client process, until answered
@@ -449,6 +451,11 @@ class Server:
             return
         if op not in _UNCOUNTED and not self._count_in(req):
             return
+        if op in OPENS_PIN and not pin:
+            refusal = self.pin_limits.take(req)
+            if refusal is not None:
+                self._fail(req, refusal)
+                return
         if pin:
             self._op_pinned(req)
         else:
@@ -516,6 +523,7 @@ class Server:
 
     def _answer(self, req: Request, status: int, body: Any) -> None:
         """Send a request's one reply, and count it out of its client's in-flight."""
+        self.pin_limits.answered(req)
         client = req.client
         if client is not None:
             req.client = None
@@ -1043,10 +1051,12 @@ class Server:
         worker.pin = pin
         worker.state = State.PINNED
         self.pins[pin_id] = pin
+        self.pin_limits.pinned(req, pin)
         return pin
 
     def _end_pin(self, pin: Pin, reason: str) -> None:
         self.pins.pop(pin.id, None)
+        self.pin_limits.ended(pin)
         self._ended[pin.id] = reason
         if len(self._ended) > ENDED_PINS_KEPT:
             self._ended.popitem(last=False)
@@ -1549,4 +1559,10 @@ class Server:
             **self.metrics.snapshot(),
             "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
             "pins": [pin.snapshot(now) for pin in self.pins.values()],
+            "pins_per_client": self.pin_limits.snapshot(
+                {
+                    name: effective_cap(p.config.max_pins_per_client, p.config.max_size)
+                    for name, p in self.pools.items()
+                }
+            ),
         }

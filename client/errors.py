@@ -112,6 +112,7 @@ ER_BAD_PIN = 2906
 ER_WRONG_OWNER = 2907
 ER_TOO_LARGE = 2908
 ER_TOO_MANY_INFLIGHT = 2909
+ER_TOO_MANY_PINS = 2910  # a client holds max_pins_per_client pins of the pool
 CR_SERVER_LOST = 2013  # pymysql's "Lost connection to MySQL server during query"
 
 
