@@ -70,6 +70,15 @@ class MySQLDialect_broker(MySQLDialect):
     execution_ctx_cls = MySQLExecutionContext_broker
 
     @classmethod
+    def load_provisioning(cls) -> None:
+        """Load SQLAlchemy's MySQL testing hooks, for its dialect compliance suite.
+
+        SQLAlchemy looks for a ``provision`` module beside the dialect's; the
+        broker needs none of its own, MySQL's are right.
+        """
+        import sqlalchemy.dialects.mysql.provision  # noqa: F401
+
+    @classmethod
     def import_dbapi(cls) -> Any:
         """Return the DB-API module: `client.dbapi`."""
         return dbapi
