@@ -793,7 +793,7 @@ def describe(config: Config) -> str:
             + (
                 f" (one client may hold {pool.max_size - 1} of max_size "
                 f"{pool.max_size})"
-                if 0 < pool.max_size - 1 < pool.max_pins_per_client
+                if 1 <= pool.max_size - 1 < pool.max_pins_per_client
                 else ""
             ),
             f"  recycle: max_lifetime {pool.max_lifetime:g}s, "

@@ -6,9 +6,10 @@ whole pool, and every other process would get PoolTimeout. Here each client
 process may hold at most ``max_pins_per_client`` pins of a pool at once; an
 opening request past that is refused at once, before it queues.
 
-The cap a pool applies is ``min(max_pins_per_client, max_size - 1)``, and at
-least 1: one client always leaves a connection for the others, unless the pool
-has only one; 0 means no cap. A client process is the (host, pid) the ipc
+The cap a pool applies is ``min(max_pins_per_client, max_size - 1)``: one
+client always leaves a connection for the others. A pool of one connection
+has nothing to leave, so it has no cap (a second pin waits in the queue as
+before), and 0 means no cap. A client process is the (host, pid) the ipc
 socket announced, else the (host, pid) the request reports, else the peer.
 A pin counts from the request that opens it until it ends; an opening request
 answered without a pin (refused, failed, timed out) gives its place back.
@@ -27,9 +28,9 @@ OPENS_PIN = frozenset({Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN})
 
 def effective_cap(max_pins_per_client: int, max_size: int) -> int:
     """Return the pins one client may hold in a pool; 0 for no cap."""
-    if not max_pins_per_client:
+    if not max_pins_per_client or max_size < 2:
         return 0
-    return max(1, min(max_pins_per_client, max_size - 1))
+    return min(max_pins_per_client, max_size - 1)
 
 
 def _who(req: Request) -> dict:

@@ -766,6 +766,8 @@ class Connection:
 
     def _streams(self, sql: str) -> bool:
         """Whether an SSCursor may stream sql rather than run it in the transaction."""
+        if self._xa is not None:
+            return False  # a stream's own connection would not see the XA's writes
         return self._autocommit or (not self.in_transaction and _plain_read(sql))
 
     def __del__(self) -> None:

@@ -109,7 +109,8 @@ def test_default_cap_leaves_a_connection_for_others_on_a_small_pool(make_broker)
 def test_effective_cap_and_config():
     assert effective_cap(8, 10) == 8
     assert effective_cap(8, 4) == 3  # one connection stays for others
-    assert effective_cap(8, 1) == 1  # a pool of one: its only connection
+    assert effective_cap(8, 2) == 1
+    assert effective_cap(8, 1) == 0  # a pool of one: nothing to leave, it queues
     assert effective_cap(0, 10) == 0  # no cap
     assert PoolConfig(name="p", dsn="").max_pins_per_client == 8
     with pytest.raises(ConfigError, match="max_pins_per_client"):
