@@ -88,9 +88,10 @@ from client.errors import (
     ProgrammingError,
     Warning,
 )
-from client.pinned import ISOLATION_LEVELS, Session, Stream, Transaction
+from client.pinned import ISOLATION_LEVELS, Stream, Transaction
 from client.protocol import Op
 from client.result import Result
+from client.xa import XaTransaction, begins_xa
 
 __all__ = [
     "BINARY",
@@ -270,15 +271,9 @@ class _Autocommit(int):
     __str__ = __repr__
 
 
-_XA_BEGINS = re.compile(
-    r"\s*XA\s+(?:START|BEGIN)\s+(.*?)(?:\s+(?:JOIN|RESUME))?\s*;?\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-_XA_STEP = re.compile(r"\s*XA\s+(END|PREPARE)\b", re.IGNORECASE)
 _LOAD_LOCAL = re.compile(
     r"\s*LOAD\s+(DATA|XML)\s+(LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
 )
-_XA_ENDS = re.compile(r"\s*XA\s+(COMMIT|ROLLBACK)\b", re.IGNORECASE)
 
 
 class Connection:
@@ -339,9 +334,7 @@ class Connection:
         self.isolation_level = isolation_level
         self.readonly = bool(readonly)
         self._tx: Transaction | None = None
-        self._xa: Session | None = None  # an XA transaction's pinned connection
-        self._xa_xid = ""  # as written after XA START
-        self._xa_state = ""  # "active", "idle" (after XA END) or "prepared"
+        self._xa: XaTransaction | None = None  # on a session of its own
         self._lost: Error | None = None  # why the open transaction is gone
         self._closed = False
         self._found_rows = bool(found_rows)
@@ -655,59 +648,21 @@ class Connection:
             codec = stream._result.connection  # the stream's own codec
             codec.decoders, codec.encoders, codec.use_unicode = self._conv
 
-    def _end_xa(self, finish: str = "ROLLBACK", check: bool = False) -> None:
-        """End an open XA transaction with COMMIT or ROLLBACK, then its session.
-
-        A prepared XA transaction left without its session would stay
-        prepared on the server, holding its locks; MariaDB 10.11 without a
-        binary log then refuses ``XA COMMIT`` of it from another connection
-        (error 1031), so it is finished here instead of abandoned.
-        """
+    def _end_xa(self, how: str = "ROLLBACK", check: bool = False) -> None:
         xa, self._xa = self._xa, None
-        if xa is None or not xa.pin or xa._pid != os.getpid():
-            return
-        xid, state = self._xa_xid, self._xa_state
-        steps = [f"XA END {xid}"] if state == "active" else []
-        if finish == "COMMIT" and state != "prepared":
-            steps.append(f"XA COMMIT {xid} ONE PHASE")
-        else:
-            steps.append(f"XA {finish} {xid}")
-        try:
-            for sql in steps:
-                xa.query(sql)
-        except Error:
-            if check:
-                raise
-        finally:
-            try:
-                xa.close(timeout=self.timeout)
-            except Error:
-                pass  # the broker frees a session whose client goes silent
+        if xa is not None:
+            xa.finish(how, check)
 
     def _run_xa(self, statements: Sequence[tuple[str, Params]]) -> Result:
-        """Run statements on the XA transaction's session; end it after its end."""
         xa = self._xa
         if xa is None:
-            begins = _XA_BEGINS.match(statements[0][0])
-            self._xa_xid = begins.group(1) if begins else ""
-            self._xa_state = "active"
-            xa = self._xa = self._client.session(timeout=self.timeout)
-            try:
-                xa.open()
-            except Error:
+            xa = XaTransaction(self._client, self.timeout, statements[0][0])
+            self._xa = xa
+        try:
+            return xa.run(statements)
+        finally:
+            if xa.ended:
                 self._xa = None
-                raise
-        for sql, params in statements:
-            result = xa.query(sql, params)
-            step = _XA_STEP.match(sql)
-            if step:
-                self._xa_state = (
-                    "idle" if step.group(1).upper() == "END" else "prepared"
-                )
-            elif _XA_ENDS.match(sql):
-                self._xa = None
-                xa.close(timeout=self.timeout)
-        return result
 
     def _run(self, statements: Sequence[tuple[str, Params]]) -> Result:
         """Run statements in order on one connection; return the last Result."""
@@ -724,9 +679,7 @@ class Connection:
                 "LOAD DATA LOCAL: the file would be read by the broker, not by "
                 "this process; load from the server's side or with executemany",
             )
-        if self._xa is not None or (
-            self._tx is None and _XA_BEGINS.match(statements[0][0])
-        ):
+        if self._xa is not None or (self._tx is None and begins_xa(statements[0][0])):
             return self._run_xa(statements)
         if self._autocommit:
             if len(statements) == 1:
