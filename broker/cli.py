@@ -370,6 +370,14 @@ def format_status(stats: dict) -> str:
                 f"{pin['kind']:<12} {pin['pool']:<12} {pin['connection']:>6} "
                 f"{_duration(pin['age_s']):>8} {_duration(pin['idle_s']):>8}  {holder}"
             )
+    if stats.get("pins_per_client"):
+        lines += ["", f"{'PINS':>6} {'MAX':>5} {'POOL':<12} CLIENT"]
+        for c in stats["pins_per_client"]:
+            holder = f"pid {c['pid']} {c['program'] or ''}@{c['host'] or '?'}"
+            if c["name"]:
+                holder += f" ({c['name']})"
+            cap = c["max"] or "-"
+            lines.append(f"{c['pins']:>6} {cap:>5} {c['pool']:<12} {holder}")
     return "\n".join(lines)
 
 

@@ -194,6 +194,7 @@ class PoolConfig:
     init_sql: tuple[str, ...] = ()  # live; applies to new connections
     query_timeout: float = 30.0  # live
     transaction_idle_timeout: float = 60.0  # live
+    max_pins_per_client: int = 8  # live; see broker.pinlimit; 0 = no cap
     read_only: bool = False  # new connections; SET SESSION TRANSACTION READ ONLY
     allowed_keys: tuple[str, ...] = ()  # live; tcp client public keys (z85); () = all
     replicas: tuple[str, ...] = ()  # restart; DSNs of read-only copies of dsn's server
@@ -223,6 +224,7 @@ class PoolConfig:
             "max_size": lambda k, v: _int(k, v, 1),
             "max_uses": lambda k, v: _int(k, v, 0),
             "pipeline_depth": lambda k, v: _int(k, v, 1),
+            "max_pins_per_client": lambda k, v: _int(k, v, 0),
             "queue_timeout": _seconds,
             "idle_timeout": _seconds,
             # 0 would read as "no limit" to some and "instantly" to others: refuse it.
@@ -915,6 +917,13 @@ def describe(config: Config) -> str:
             f"queue_timeout {pool.queue_timeout:g}s, "
             f"query_timeout {pool.query_timeout:g}s, "
             f"transaction_idle_timeout {pool.transaction_idle_timeout:g}s",
+            f"  max_pins_per_client {pool.max_pins_per_client or 'unlimited'}"
+            + (
+                f" (one client may hold {pool.max_size - 1} of max_size "
+                f"{pool.max_size})"
+                if 1 <= pool.max_size - 1 < pool.max_pins_per_client
+                else ""
+            ),
             f"  recycle: max_lifetime {pool.max_lifetime:g}s, "
             f"idle_timeout {pool.idle_timeout:g}s, "
             f"max_uses {pool.max_uses or 'unlimited'}",

@@ -177,7 +177,11 @@ def init_datadir(
             f"--datadir={work}",
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
+            # Grants by IP only, and no resolveip check of the hostname: without
+            # --force the script refuses on a host whose name (and 'localhost')
+            # nothing resolves, as in a minimal container without /etc/hosts.
             "--skip-name-resolve",
+            "--force",
             *INNODB_OPTIONS,
             *_as_root(),
         ]

@@ -49,6 +49,7 @@ from broker.ipc import (
 )
 from broker.loops import LoopSlot
 from broker.metrics import BrokerMetrics, Exporter
+from broker.pinlimit import OPENS_PIN, PinLimits, effective_cap
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import MAX_QUEUE, Pool
 from broker.readsplit import ReadSplit
@@ -174,6 +175,7 @@ class Server:
         self.readsplit = ReadSplit(self)  # replicas: lag checks, read routing
         self._workers: dict[int, Worker] = {}
         self.pins: dict[int, Pin] = {}
+        self.pin_limits = PinLimits()  # max_pins_per_client
         self._inflight: dict[
             Any, int
         ] = {}  # requests per client process, until answered
@@ -482,6 +484,11 @@ class Server:
             return
         if op not in _UNCOUNTED and not self._count_in(req):
             return
+        if op in OPENS_PIN and not pin:
+            refusal = self.pin_limits.take(req)
+            if refusal is not None:
+                self._fail(req, refusal)
+                return
         if pin:
             self._op_pinned(req)
         else:
@@ -549,6 +556,7 @@ class Server:
 
     def _answer(self, req: Request, status: int, body: Any) -> None:
         """Send a request's one reply, and count it out of its client's in-flight."""
+        self.pin_limits.answered(req)
         client = req.client
         if client is not None:
             req.client = None
@@ -1078,10 +1086,12 @@ class Server:
         worker.pin = pin
         worker.state = State.PINNED
         self.pins[pin_id] = pin
+        self.pin_limits.pinned(req, pin)
         return pin
 
     def _end_pin(self, pin: Pin, reason: str) -> None:
         self.pins.pop(pin.id, None)
+        self.pin_limits.ended(pin)
         self._ended[pin.id] = reason
         if len(self._ended) > ENDED_PINS_KEPT:
             self._ended.popitem(last=False)
@@ -1601,4 +1611,10 @@ class Server:
             **self.metrics.snapshot(),
             "pools": pools,
             "pins": [pin.snapshot(now) for pin in self.pins.values()],
+            "pins_per_client": self.pin_limits.snapshot(
+                {
+                    name: effective_cap(p.config.max_pins_per_client, p.config.max_size)
+                    for name, p in self.pools.items()
+                }
+            ),
         }

@@ -58,7 +58,7 @@ import zmq.asyncio
 
 from client import errors, protocol, zmtp
 from client.api import DEFAULT_TIMEOUT, Params
-from client.packets import Codec
+from client.packets import Codec, weak_refill
 from client.pinned import check_isolation
 from client.protocol import Op, Status
 from client.result import Result
@@ -708,12 +708,8 @@ class Client:
         replies = await self._call(
             Op.EXECUTEMANY, timeout, pin, statements, Status.BATCH
         )
-        total, last = 0, None
-        for packets in replies:
-            last = codec.decode(packets)
-            total += last.rowcount
-        assert last is not None  # noqa: S101  the broker answers every statement or errs
-        return Result(last.rows, last.description, total, last.lastrowid, last.warnings)
+        # The broker answers every statement or errs, so there is one at least.
+        return Result.combine([codec.decode(packets) for packets in replies])
 
 
 # Pinned work ------------------------------------------------------------------------
@@ -981,6 +977,9 @@ class Stream(_Pinned):
                 break
             except _NeedMore:
                 await self._more()
+            except errors.Error:  # ours (a truncated reply): already a client error
+                self._finish()
+                raise
             except pymysql.MySQLError as err:
                 self._finish()
                 raise errors.from_pymysql(err) from err
@@ -1011,7 +1010,9 @@ class Stream(_Pinned):
         packets = await self._whole_rows(self._chunk(reply))
         info = await client._pool_info(self._timeout)
         stream_codec = Codec(
-            info[protocol.INFO_CHARSET], info[protocol.INFO_SERVER_STATUS], self._refill
+            info[protocol.INFO_CHARSET],
+            info[protocol.INFO_SERVER_STATUS],
+            weak_refill(self._refill),
         )
         try:
             self._result = stream_codec.open_stream(packets)

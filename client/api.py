@@ -280,13 +280,8 @@ class Client:
         if not statements:
             return Result([], (), 0, None)
         replies = self._call(Op.EXECUTEMANY, timeout, pin, statements, Status.BATCH)
-        total, last = 0, None
-        for packets in replies:
-            result = codec.decode(packets)
-            total += result.rowcount
-            last = result
-        assert last is not None  # noqa: S101  the broker answers every statement or errs
-        return Result(last.rows, last.description, total, last.lastrowid, last.warnings)
+        # The broker answers every statement or errs, so there is one at least.
+        return Result.combine([codec.decode(packets) for packets in replies])
 
 
 _default: Client | None = None

@@ -26,7 +26,17 @@ handshake. A `Connection` belongs to the thread that runs its transaction
 connection made before ``fork()`` works in the child as long as no transaction
 was open at the fork.
 
-`SSCursor` streams (``Op.STREAM_OPEN``) instead of buffering. A stream runs on
+- An XA transaction (``XA START``) pins a session instead, without BEGIN,
+  until its ``XA COMMIT`` / ``XA ROLLBACK``; the connection's ``commit()``
+  commits one still open, ``rollback()`` and ``close()`` roll it back, so no
+  prepared XA transaction is left behind without its session (MariaDB would
+  keep it, and its locks, and without a binary log refuses to commit it from
+  another connection: error 1031). ``XA RECOVER`` from any connection lists
+  prepared ones.
+
+The cursors are in `client.cursors`; which ``pymysql.connect()`` keywords are
+honoured is in `client.connect_args`. `SSCursor` streams (``Op.STREAM_OPEN``)
+instead of buffering. A stream runs on
 a connection of its own, so it cannot see an open transaction's uncommitted
 writes: the cursor streams in autocommit mode, and when no transaction is open
 yet and the statement is a plain read (it would have been the transaction's
@@ -36,20 +46,36 @@ transaction, which is slower on memory but always correct.
 
 from __future__ import annotations
 
-import datetime
-import itertools
+import contextlib
 import os
 import re
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pymysql
-from pymysql.constants import FIELD_TYPE
 
 from client import errors, protocol
 from client.api import DEFAULT_TIMEOUT, Client, Params
+from client.connect_args import SUPERSETS, pymysql_options_for
+from client.cursors import PYMYSQL_CURSORS, Cursor, DictCursor, SSCursor, SSDictCursor
+from client.dbtypes import (
+    BINARY,
+    DATE,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    TIME,
+    TIMESTAMP,
+    Binary,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+)
 from client.errors import (
     DatabaseError,
     DataError,
@@ -65,6 +91,7 @@ from client.errors import (
 from client.pinned import ISOLATION_LEVELS, Stream, Transaction
 from client.protocol import Op
 from client.result import Result
+from client.xa import XaTransaction, begins_xa
 
 __all__ = [
     "BINARY",
@@ -82,6 +109,7 @@ __all__ = [
     "DatabaseError",
     "Date",
     "DateFromTicks",
+    "DictCursor",
     "Error",
     "IntegrityError",
     "InterfaceError",
@@ -90,6 +118,7 @@ __all__ = [
     "OperationalError",
     "ProgrammingError",
     "SSCursor",
+    "SSDictCursor",
     "Time",
     "TimeFromTicks",
     "Timestamp",
@@ -104,71 +133,6 @@ __all__ = [
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module, but not connections
 paramstyle = "pyformat"  # %s and %(name)s, rendered by pymysql's escaping
-
-# Type objects. A type code in ``cursor.description`` is pymysql's FIELD_TYPE
-# number and compares equal to the object of its kind; pymysql's own sets,
-# completed with the codes MySQL 5+ reports (NEWDECIMAL, VARCHAR, JSON, ...).
-DBAPISet = pymysql.DBAPISet
-STRING = DBAPISet(
-    [
-        FIELD_TYPE.ENUM,
-        FIELD_TYPE.SET,
-        FIELD_TYPE.STRING,
-        FIELD_TYPE.VAR_STRING,
-        FIELD_TYPE.VARCHAR,
-        FIELD_TYPE.JSON,
-    ]
-)
-BINARY = DBAPISet(
-    [
-        FIELD_TYPE.BLOB,
-        FIELD_TYPE.LONG_BLOB,
-        FIELD_TYPE.MEDIUM_BLOB,
-        FIELD_TYPE.TINY_BLOB,
-        FIELD_TYPE.BIT,
-        FIELD_TYPE.GEOMETRY,
-    ]
-)
-NUMBER = DBAPISet(
-    [
-        FIELD_TYPE.DECIMAL,
-        FIELD_TYPE.NEWDECIMAL,
-        FIELD_TYPE.DOUBLE,
-        FIELD_TYPE.FLOAT,
-        FIELD_TYPE.INT24,
-        FIELD_TYPE.LONG,
-        FIELD_TYPE.LONGLONG,
-        FIELD_TYPE.SHORT,
-        FIELD_TYPE.TINY,
-        FIELD_TYPE.YEAR,
-    ]
-)
-DATE = DBAPISet([FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE])
-TIME = DBAPISet([FIELD_TYPE.TIME])
-TIMESTAMP = DBAPISet([FIELD_TYPE.TIMESTAMP, FIELD_TYPE.DATETIME])
-DATETIME = TIMESTAMP
-ROWID = DBAPISet()  # MySQL has no row id type
-
-# Type constructors (PEP 249).
-Date = datetime.date
-Time = datetime.time
-Timestamp = datetime.datetime
-Binary = bytes
-
-
-def DateFromTicks(ticks: float) -> datetime.date:
-    """Return the local date of a Unix timestamp."""
-    return datetime.date(*time.localtime(ticks)[:3])
-
-
-def TimeFromTicks(ticks: float) -> datetime.time:
-    """Return the local time of day of a Unix timestamp."""
-    return datetime.time(*time.localtime(ticks)[3:6])
-
-
-def TimestampFromTicks(ticks: float) -> datetime.datetime:
-    """Return the local date and time of a Unix timestamp."""
-    return datetime.datetime(*time.localtime(ticks)[:6])
 
 
 # A statement an SSCursor may stream outside a transaction: a plain read that
@@ -228,12 +192,13 @@ def connect(
     endpoint: str | None = None,
     pool: str = protocol.DEFAULT_POOL,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
-    autocommit: bool = False,
+    timeout: float | None = None,
+    autocommit: bool | None = False,
     isolation_level: str | None = None,
     readonly: bool = False,
     name: str | None = None,
     client: Client | None = None,
+    **pymysql_options: Any,
 ) -> Connection:
     """Return a DB-API connection to a broker pool; nothing is sent until used.
 
@@ -242,19 +207,35 @@ def connect(
             `client.DEFAULT_ENDPOINT`.
         pool: the broker pool the statements run on.
         timeout: seconds each statement may take (the broker also applies the
-            pool's ``query_timeout``).
-        autocommit: run each statement on its own instead of in transactions.
+            pool's ``query_timeout``); default `client.api.DEFAULT_TIMEOUT`.
+        autocommit: run each statement on its own instead of in transactions
+            (None, pymysql's "server default", is False).
         isolation_level: e.g. ``"READ COMMITTED"``, for every transaction.
         readonly: start transactions ``READ ONLY``.
         name: a label ``broker status`` shows beside pid and host.
         client: a `client.Client` to use instead of the shared one (its
             endpoint and pool then apply, and ``endpoint``/``pool``/``name``
             must not be given).
+        **pymysql_options: ``pymysql.connect()``'s keywords, honoured as
+            pymysql does where they mean something here: ``client_flag``
+            (``CLIENT.FOUND_ROWS``: an UPDATE's rowcount counts matched rows),
+            ``conv``, ``use_unicode``, ``charset`` (the pool's, or one it
+            encodes identically), ``cursorclass``, ``read_timeout`` /
+            ``write_timeout`` (as ``timeout``), ``program_name`` (as ``name``);
+            ``connect_timeout``, ``defer_connect``, ``max_allowed_packet`` are
+            accepted and mean nothing. The README lists the rest.
 
     Raises:
         InterfaceError: for a timeout that is not a positive number.
         ProgrammingError: for an unknown isolation level.
+        NotSupportedError: for a pymysql argument that cannot be honoured
+            (host, user, database, init_command, sql_mode, ...), naming it.
     """
+    options = pymysql_options_for(pymysql_options)
+    name = options.pop("name", None) if name is None else name
+    if timeout is None:
+        timeout = options.pop("timeout", DEFAULT_TIMEOUT)
+    options.pop("timeout", None)
     if client is None:
         client = _shared_client(endpoint, pool, name)
     elif endpoint is not None or pool != protocol.DEFAULT_POOL or name is not None:
@@ -262,10 +243,37 @@ def connect(
     return Connection(
         client,
         timeout=timeout,
-        autocommit=autocommit,
+        autocommit=bool(autocommit),
         isolation_level=isolation_level,
         readonly=readonly,
+        **options,
     )
+
+
+class _Autocommit(int):
+    """``conn.autocommit``: reads as a bool, and ``conn.autocommit(True)`` sets it.
+
+    PEP 249 drivers have an attribute, pymysql (and Django, which calls it) a
+    method of that name: this value is both.
+    """
+
+    def __new__(cls, value: bool, connection: Connection) -> _Autocommit:
+        self = super().__new__(cls, bool(value))
+        self._connection = connection
+        return self
+
+    def __call__(self, value: bool) -> None:
+        self._connection.autocommit = value
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    __str__ = __repr__
+
+
+_LOAD_LOCAL = re.compile(
+    r"\s*LOAD\s+(DATA|XML)\s+(LOW_PRIORITY\s+|CONCURRENT\s+)?LOCAL\b", re.IGNORECASE
+)
 
 
 class Connection:
@@ -277,6 +285,19 @@ class Connection:
         autocommit: run each statement on its own instead of in transactions.
         isolation_level: isolation of every transaction; None: the server's.
         readonly: start transactions ``READ ONLY``.
+        found_rows: an UPDATE's rowcount counts the rows it matched, not the
+            rows it changed (pymysql's ``CLIENT.FOUND_ROWS``), from the info
+            MySQL sends with every UPDATE.
+        cursorclass: what ``cursor()`` makes; pymysql's classes map to ours.
+        conv: pymysql's ``conv``: decoders by field type, encoders by class.
+        use_unicode: False returns text columns as bytes, as in pymysql.
+        charset: the caller's charset; the pool's must encode it identically.
+
+    XA transactions (``XA START`` ... ``XA COMMIT``/``XA ROLLBACK``) run on a
+    session pinned without BEGIN, which the connection holds until the XA
+    transaction's COMMIT or ROLLBACK. ``commit()`` of the connection commits
+    an XA transaction still open (``ONE PHASE`` before PREPARE);
+    ``rollback()`` and ``close()`` roll it back, prepared or not.
     """
 
     # PEP 249 optional extension: the exceptions as connection attributes.
@@ -299,6 +320,11 @@ class Connection:
         autocommit: bool = False,
         isolation_level: str | None = None,
         readonly: bool = False,
+        found_rows: bool = False,
+        cursorclass: type | None = None,
+        conv: dict | None = None,
+        use_unicode: bool = True,
+        charset: str | None = None,
     ) -> None:
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise InterfaceError(0, f"timeout must be > 0, got {timeout!r}")
@@ -308,8 +334,21 @@ class Connection:
         self.isolation_level = isolation_level
         self.readonly = bool(readonly)
         self._tx: Transaction | None = None
+        self._xa: XaTransaction | None = None  # on a session of its own
         self._lost: Error | None = None  # why the open transaction is gone
         self._closed = False
+        self._found_rows = bool(found_rows)
+        self._cursorclass = self._cursor_class(cursorclass or Cursor)
+        self._charset = charset
+        self._last: Result | None = None  # the last statement's, for insert_id()
+        self._conv: tuple[dict, dict, bool] | None = None
+        if conv is not None or not use_unicode:
+            conv = pymysql.converters.conversions if conv is None else conv
+            self._conv = (
+                {k: v for k, v in conv.items() if type(k) is int},
+                {k: v for k, v in conv.items() if type(k) is not int},
+                bool(use_unicode),
+            )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -336,12 +375,16 @@ class Connection:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is pinned (a statement ran since the last end)."""
-        return self._tx is not None or self._lost is not None
+        return self._tx is not None or self._lost is not None or self._xa is not None
 
     @property
-    def autocommit(self) -> bool:
-        """Whether each statement runs on its own; setting True commits an open one."""
-        return self._autocommit
+    def autocommit(self) -> _Autocommit:
+        """Whether each statement runs on its own; setting True commits an open one.
+
+        ``conn.autocommit = True`` (PEP 249 drivers) and ``conn.autocommit(True)``
+        (pymysql) both set it.
+        """
+        return _Autocommit(self._autocommit, self)
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
@@ -374,10 +417,32 @@ class Connection:
 
     # PEP 249 --------------------------------------------------------------------
 
-    def cursor(self, cursorclass: type[Cursor] | None = None) -> Cursor:
-        """Return a new cursor; ``cursorclass`` may be `SSCursor` for streaming."""
+    def cursor(self, cursorclass: type | None = None) -> Cursor:
+        """Return a new cursor: `Cursor`, `DictCursor`, `SSCursor`, `SSDictCursor`.
+
+        pymysql's classes of those names (``pymysql.cursors.DictCursor``) give
+        ours.
+        """
         self._check_open()
-        return (cursorclass or Cursor)(self)
+        cls = (
+            self._cursorclass
+            if cursorclass is None
+            else self._cursor_class(cursorclass)
+        )
+        return cls(self)
+
+    @staticmethod
+    def _cursor_class(cursorclass: type) -> type[Cursor]:
+        if isinstance(cursorclass, type) and issubclass(cursorclass, Cursor):
+            return cursorclass
+        for theirs, ours in PYMYSQL_CURSORS.items():
+            if cursorclass is theirs:
+                return ours
+        raise NotSupportedError(
+            0,
+            f"cursor class {cursorclass!r}: use client.dbapi.Cursor, DictCursor, "
+            "SSCursor or SSDictCursor (or pymysql's classes of those names)",
+        )
 
     def begin(self) -> None:
         """Pin a transaction now rather than at the first statement."""
@@ -391,6 +456,7 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction and free its MySQL connection, if any."""
         self._check_open()
+        self._end_xa("COMMIT", check=True)
         tx, lost = self._tx, self._lost
         self._tx = self._lost = None
         if lost is not None:
@@ -406,6 +472,7 @@ class Connection:
     def rollback(self) -> None:
         """Roll back the open transaction and free its MySQL connection, if any."""
         self._check_open()
+        self._end_xa("ROLLBACK", check=True)
         self._end_transaction()
 
     def close(self) -> None:
@@ -417,6 +484,7 @@ class Connection:
         if self._closed:
             return
         try:
+            self._end_xa()
             self._end_transaction()
         except Error:
             pass  # the broker rolls back a transaction whose client goes silent
@@ -448,10 +516,57 @@ class Connection:
         self._check_open()
         return self._client._pool_info(self.timeout)[protocol.INFO_SERVER_VERSION]
 
-    def escape(self, value: Any) -> str:
+    def escape(self, value: Any, mapping: dict | None = None) -> str:
         """Return value as a SQL literal, escaped for the pool's charset and mode."""
         self._check_open()
-        return self._client._codec(self.timeout).escape(value)
+        with self._converters() as codec:
+            return codec.escape(value, mapping)
+
+    def literal(self, value: Any) -> str:
+        """Return value as a SQL literal (pymysql's name for escape)."""
+        return self.escape(value)
+
+    @property
+    def encoding(self) -> str:
+        """The Python codec of the pool's charset, e.g. ``"utf8"``, as pymysql's."""
+        self._check_open()
+        return self._client._codec(self.timeout).encoding
+
+    def insert_id(self) -> int:
+        """Return the last statement's AUTO_INCREMENT id, or 0, as pymysql does."""
+        last = self._last
+        return (last.lastrowid or 0) if last is not None else 0
+
+    def affected_rows(self) -> int:
+        """Return the last statement's affected (or, with FOUND_ROWS, matched) rows."""
+        last = self._last
+        return self._rowcount(last.rowcount, last.matched) if last is not None else 0
+
+    def select_db(self, db: str) -> None:
+        """Raise NotSupportedError: the database is the broker pool's."""
+        raise NotSupportedError(
+            0,
+            "select_db(): the broker pool's dsn names the database and a DB-API "
+            "connection has no MySQL connection of its own; use a pool per "
+            "database, or qualify table names",
+        )
+
+    def thread_id(self) -> int:
+        """Raise NotSupportedError: statements run on any of the pool's connections."""
+        raise NotSupportedError(
+            0,
+            "thread_id(): a DB-API connection's statements run on whichever MySQL "
+            "connection the broker picks; SELECT CONNECTION_ID() inside a "
+            "transaction gives the one it holds",
+        )
+
+    def kill(self, thread_id: int) -> None:
+        """Raise NotSupportedError: the broker cancels statements (timeout=) itself."""
+        raise NotSupportedError(
+            0,
+            "kill(): the broker cancels a statement past its timeout with KILL "
+            "QUERY itself; run KILL through a statement if you must",
+        )
 
     # Running statements (for cursors) ------------------------------------------------
 
@@ -489,9 +604,83 @@ class Connection:
             if lost is None and not _ends_transaction(err):
                 raise
 
+    @contextlib.contextmanager
+    def _converters(self, codec: Any = None) -> Iterator[Any]:
+        """Lend this connection's conv and use_unicode to the thread's codec."""
+        if codec is None:
+            codec = self._client._codec(self.timeout)
+        if self._charset is not None:
+            self._check_charset(codec)
+        if self._conv is None:
+            yield codec
+            return
+        saved = codec.decoders, codec.encoders, codec.use_unicode
+        codec.decoders, codec.encoders, codec.use_unicode = self._conv
+        try:
+            yield codec
+        finally:
+            codec.decoders, codec.encoders, codec.use_unicode = saved
+
+    def _check_charset(self, codec: Any) -> None:
+        pool = codec.charset
+        if self._charset != pool and self._charset not in SUPERSETS.get(pool, ()):
+            raise NotSupportedError(
+                0,
+                f"charset {self._charset!r}: the broker pool's connections use "
+                f"{pool!r} (its dsn's charset=); connect with that",
+            )
+        self._charset = None  # checked once
+
+    def _render(self, query: str, args: Params) -> str:
+        """Return the statement as sent: args rendered by pymysql's escaping."""
+        if args is None:
+            return query
+        with self._converters() as codec:
+            return codec.render(query, args).decode(codec.encoding)
+
+    def _rowcount(self, rowcount: int, matched: int | None) -> int:
+        return matched if self._found_rows and matched is not None else rowcount
+
+    def _start_stream(self, stream: Stream) -> None:
+        with self._converters():
+            stream.start()
+        if self._conv is not None and stream._result is not None:
+            codec = stream._result.connection  # the stream's own codec
+            codec.decoders, codec.encoders, codec.use_unicode = self._conv
+
+    def _end_xa(self, how: str = "ROLLBACK", check: bool = False) -> None:
+        xa, self._xa = self._xa, None
+        if xa is not None:
+            xa.finish(how, check)
+
+    def _run_xa(self, statements: Sequence[tuple[str, Params]]) -> Result:
+        xa = self._xa
+        if xa is None:
+            xa = XaTransaction(self._client, self.timeout, statements[0][0])
+            self._xa = xa
+        try:
+            return xa.run(statements)
+        finally:
+            if xa.ended:
+                self._xa = None
+
     def _run(self, statements: Sequence[tuple[str, Params]]) -> Result:
         """Run statements in order on one connection; return the last Result."""
         self._check_open()
+        if self._conv is not None or self._charset is not None:
+            with self._converters():
+                return self._run_plain(statements)
+        return self._run_plain(statements)
+
+    def _run_plain(self, statements: Sequence[tuple[str, Params]]) -> Result:
+        if _LOAD_LOCAL.match(statements[-1][0]):
+            raise NotSupportedError(
+                0,
+                "LOAD DATA LOCAL: the file would be read by the broker, not by "
+                "this process; load from the server's side or with executemany",
+            )
+        if self._xa is not None or (self._tx is None and begins_xa(statements[0][0])):
+            return self._run_xa(statements)
         if self._autocommit:
             if len(statements) == 1:
                 sql, params = statements[0]
@@ -512,6 +701,12 @@ class Connection:
 
     def _run_many(self, sql: str, seq_params: Iterable[Params]) -> Result:
         self._check_open()
+        with self._converters():
+            return self._run_many_plain(sql, seq_params)
+
+    def _run_many_plain(self, sql: str, seq_params: Iterable[Params]) -> Result:
+        if self._xa is not None:
+            return self._xa.executemany(sql, seq_params)
         if self._autocommit:
             return self._client.executemany(sql, seq_params, timeout=self.timeout)
         tx = self._transaction()
@@ -524,6 +719,8 @@ class Connection:
 
     def _streams(self, sql: str) -> bool:
         """Whether an SSCursor may stream sql rather than run it in the transaction."""
+        if self._xa is not None:
+            return False  # a stream's own connection would not see the XA's writes
         return self._autocommit or (not self.in_transaction and _plain_read(sql))
 
     def __del__(self) -> None:
@@ -538,291 +735,3 @@ class Connection:
                 self._client._send_only(Op.ROLLBACK, tx.pin)
             except Exception:  # noqa: S110  the broker's idle timeout rolls back
                 pass
-
-
-class Cursor:
-    """A buffered cursor: each statement's rows arrive whole, as pymysql's Cursor.
-
-    Args:
-        connection: the `Connection` this cursor runs statements on.
-    """
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.arraysize = 1
-        self.description: tuple | None = None
-        self.rowcount = -1
-        self.lastrowid: int | None = None
-        self.rownumber = 0
-        self._rows: list[tuple] | None = None
-        self._executed: str | None = None
-        self._closed = False
-
-    def __enter__(self) -> Cursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[tuple]:
-        return self
-
-    def __next__(self) -> tuple:
-        row = self.fetchone()
-        if row is None:
-            raise StopIteration
-        return row
-
-    # Statements ----------------------------------------------------------------------
-
-    def execute(self, query: str, args: Params = None) -> int:
-        """Run one statement with ``%s`` or ``%(name)s`` parameters; return rowcount."""
-        self._check_open()
-        self._clear()
-        self._set_result(self.connection._run([(query, args)]))
-        self._executed = query
-        return self.rowcount
-
-    def executemany(self, query: str, args: Iterable[Params]) -> int:
-        """Run query once per parameter set (INSERTs batched as pymysql does).
-
-        Returns:
-            The total of the affected rows, which ``rowcount`` also holds.
-        """
-        self._check_open()
-        self._clear()
-        self._set_result(self.connection._run_many(query, args))
-        self._executed = query
-        return self.rowcount
-
-    def callproc(self, procname: str, args: Sequence[Any] = ()) -> Sequence[Any]:
-        """Call a stored procedure, as pymysql does; return args unchanged.
-
-        The arguments go into server variables ``@_procname_0``, ... and the
-        procedure is called with them; ``SELECT @_procname_0`` afterwards reads
-        an OUT or INOUT value back. With autocommit off that works as in
-        pymysql (the transaction keeps the variables); in autocommit mode the
-        call runs in a session of its own, and the variables end with it. The
-        cursor holds the procedure's first result set.
-        """
-        self._check_open()
-        self._clear()
-        names = [f"@_{procname}_{i}" for i in range(len(args))]
-        statements: list[tuple[str, Params]] = []
-        if args:
-            assigns = ",".join(f"{name}=%s" for name in names)
-            statements.append((f"SET {assigns}", tuple(args)))
-        call = f"CALL {procname}({','.join(names)})"
-        statements.append((call, None))
-        self._set_result(self.connection._run(statements))
-        self._executed = call
-        return args
-
-    def mogrify(self, query: str, args: Params = None) -> str:
-        """Return the statement execute() would send, as pymysql's cursor does."""
-        self._check_open()
-        codec = self.connection.client._codec(self.connection.timeout)
-        return codec.render(query, args).decode(codec.encoding)
-
-    def setinputsizes(self, sizes: Any) -> None:
-        """Do nothing (PEP 249 allows it)."""
-
-    def setoutputsize(self, size: int, column: int | None = None) -> None:
-        """Do nothing (PEP 249 allows it)."""
-
-    def nextset(self) -> bool | None:
-        """Return None: only a statement's first result set is kept."""
-        self._check_open()
-        return None
-
-    def close(self) -> None:
-        """Drop the rows; the cursor can no longer be used. Closing twice is fine."""
-        self._clear()
-        self._closed = True
-
-    # Rows ----------------------------------------------------------------------------
-
-    def fetchone(self) -> tuple | None:
-        """Return the next row, or None when there are no more."""
-        rows = self._result_rows()
-        if self.rownumber >= len(rows):
-            return None
-        row = rows[self.rownumber]
-        self.rownumber += 1
-        return row
-
-    def fetchmany(self, size: int | None = None) -> list[tuple]:
-        """Return up to ``size`` (default ``arraysize``) next rows."""
-        rows = self._result_rows()
-        end = self.rownumber + (self.arraysize if size is None else size)
-        out = rows[self.rownumber : end]
-        self.rownumber += len(out)
-        return out
-
-    def fetchall(self) -> list[tuple]:
-        """Return all remaining rows."""
-        rows = self._result_rows()
-        out = rows[self.rownumber :]
-        self.rownumber = len(rows)
-        return out
-
-    def scroll(self, value: int, mode: str = "relative") -> None:
-        """Move the row position (PEP 249 extension); IndexError when out of range."""
-        rows = self._result_rows()
-        if mode == "relative":
-            target = self.rownumber + value
-        elif mode == "absolute":
-            target = value
-        else:
-            raise ProgrammingError(0, f"unknown scroll mode {mode!r}")
-        if not 0 <= target <= len(rows):
-            raise IndexError("out of range")
-        self.rownumber = target
-
-    # Internals -----------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ProgrammingError(0, "cursor is closed")
-        self.connection._check_open()
-
-    def _clear(self) -> None:
-        self.description = None
-        self.rowcount = -1
-        self.lastrowid = None
-        self.rownumber = 0
-        self._rows = None
-
-    def _set_result(self, result: Result) -> None:
-        self.description = result.description or None
-        self._rows = result.rows if result.description else None
-        self.rowcount = result.rowcount
-        self.lastrowid = result.lastrowid
-
-    def _result_rows(self) -> list[tuple]:
-        self._check_open()
-        if self._rows is None:
-            raise ProgrammingError(
-                0, "no result set: the last statement returned no rows, or none ran"
-            )
-        return self._rows
-
-
-class _CursorStream(Stream):
-    """A `client.Stream` that opens on demand and shows its result's metadata."""
-
-    def __next__(self) -> tuple:
-        try:
-            return super().__next__()
-        except pymysql.MySQLError as err:  # an error packet in mid-stream
-            raise errors.from_pymysql(err) from err
-
-    def start(self) -> None:
-        """Send the statement and read up to its first row."""
-        self._check_owner()
-        self._open()
-
-    @property
-    def result(self) -> Any:
-        """The unbuffered pymysql result: description, affected_rows, insert_id."""
-        return self._result
-
-
-class SSCursor(Cursor):
-    """An unbuffered cursor: rows arrive from the broker in chunks as they are read.
-
-    Streams in autocommit mode, and for a plain read when no transaction is
-    open; otherwise runs buffered in the transaction (see the module docstring).
-    ``rowcount`` of a streamed result set is -1 (unknown until read), and
-    ``chunk_rows`` is how many rows one round trip brings.
-    """
-
-    chunk_rows = 1000
-
-    def __init__(self, connection: Connection) -> None:
-        super().__init__(connection)
-        self._stream: _CursorStream | None = None
-
-    def execute(self, query: str, args: Params = None) -> int:
-        """Run one statement, streaming its rows when possible; return rowcount."""
-        self._check_open()
-        self._clear()
-        conn = self.connection
-        if not conn._streams(query):
-            return super().execute(query, args)
-        stream = _CursorStream(
-            conn.client,
-            query,
-            args,
-            chunk_rows=self.chunk_rows,
-            timeout=conn.timeout,
-            pin=0,
-        )
-        stream.start()
-        result = stream.result
-        self._executed = query
-        self.description = result.description or None
-        self.lastrowid = result.insert_id
-        if self.description is None:
-            self.rowcount = result.affected_rows
-        else:
-            self._stream = stream
-        return self.rowcount
-
-    def fetchone(self) -> tuple | None:
-        """Return the next row, or None when there are no more."""
-        stream = self._current_stream()
-        if stream is None:
-            return super().fetchone()
-        row = next(stream, None)
-        if row is not None:
-            self.rownumber += 1
-        return row
-
-    def fetchmany(self, size: int | None = None) -> list[tuple]:
-        """Return up to ``size`` (default ``arraysize``) next rows."""
-        stream = self._current_stream()
-        if stream is None:
-            return super().fetchmany(size)
-        out = list(itertools.islice(stream, self.arraysize if size is None else size))
-        self.rownumber += len(out)
-        return out
-
-    def fetchall(self) -> list[tuple]:
-        """Return all remaining rows (which, for a stream, are then in memory)."""
-        stream = self._current_stream()
-        if stream is None:
-            return super().fetchall()
-        out = list(stream)
-        self.rownumber += len(out)
-        return out
-
-    def scroll(self, value: int, mode: str = "relative") -> None:
-        """Skip forward through a stream; NotSupportedError for going back."""
-        stream = self._current_stream()
-        if stream is None:
-            super().scroll(value, mode)
-            return
-        skip = value if mode == "relative" else value - self.rownumber
-        if skip < 0:
-            raise NotSupportedError(0, "an unbuffered cursor cannot scroll backwards")
-        for _ in range(skip):
-            if next(stream, None) is None:
-                raise IndexError("out of range")
-            self.rownumber += 1
-
-    def _current_stream(self) -> _CursorStream | None:
-        self._check_open()
-        stream = self._stream
-        if stream is None and self._rows is None:
-            raise ProgrammingError(
-                0, "no result set: the last statement returned no rows, or none ran"
-            )
-        return stream
-
-    def _clear(self) -> None:
-        stream = getattr(self, "_stream", None)
-        if stream is not None:
-            self._stream = None
-            stream.close()  # frees the broker connection of an unfinished stream
-        super()._clear()

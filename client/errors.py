@@ -2,8 +2,12 @@
 
 A database error carries exactly what pymysql reports for it (same class name,
 ``errno``, ``msg``) plus the ``sqlstate`` from the server's error packet, so
-code written against pymysql catches the same classes here. The broker's own
-conditions subclass `OperationalError`, so existing ``except`` clauses catch them.
+code written against pymysql catches the same classes here. Each class is also
+a subclass of the pymysql class of its name (``client.IntegrityError`` is a
+``pymysql.err.IntegrityError``, every error a ``pymysql.MySQLError``), so
+handlers written for pymysql keep working; the PEP 249 tree among our own
+classes is unchanged. The broker's own conditions subclass `OperationalError`,
+so existing ``except`` clauses catch them.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import pymysql
 
 
-class Error(Exception):
+class Error(pymysql.err.Error):
     """Base of every error the client raises."""
 
     def __init__(
@@ -26,39 +30,39 @@ class Error(Exception):
         return f"({self.errno}, {self.msg!r})" if self.errno else self.msg
 
 
-class Warning(Exception):  # PEP 249 names it so, shadowing the builtin
+class Warning(pymysql.err.Warning):  # PEP 249 names it so, shadowing the builtin
     """Important warnings such as data truncation (PEP 249)."""
 
 
-class InterfaceError(Error):
+class InterfaceError(Error, pymysql.err.InterfaceError):
     """The request could not be accepted: bad frame, misuse of the client."""
 
 
-class DatabaseError(Error):
+class DatabaseError(Error, pymysql.err.DatabaseError):
     """An error reported by the database."""
 
 
-class DataError(DatabaseError):
+class DataError(DatabaseError, pymysql.err.DataError):
     """A problem with processed data: division by zero, value out of range."""
 
 
-class OperationalError(DatabaseError):
+class OperationalError(DatabaseError, pymysql.err.OperationalError):
     """The database or the path to it failed; not the caller's statement."""
 
 
-class IntegrityError(DatabaseError):
+class IntegrityError(DatabaseError, pymysql.err.IntegrityError):
     """A constraint failed: duplicate key, foreign key."""
 
 
-class InternalError(DatabaseError):
+class InternalError(DatabaseError, pymysql.err.InternalError):
     """The database or the broker is in an unexpected state."""
 
 
-class ProgrammingError(DatabaseError):
+class ProgrammingError(DatabaseError, pymysql.err.ProgrammingError):
     """The statement is wrong: syntax, missing table, wrong parameters, no pool."""
 
 
-class NotSupportedError(DatabaseError):
+class NotSupportedError(DatabaseError, pymysql.err.NotSupportedError):
     """A method or database API was used that is not supported."""
 
 
@@ -108,6 +112,7 @@ ER_BAD_PIN = 2906
 ER_WRONG_OWNER = 2907
 ER_TOO_LARGE = 2908
 ER_TOO_MANY_INFLIGHT = 2909
+ER_TOO_MANY_PINS = 2910  # a client holds max_pins_per_client pins of the pool
 CR_SERVER_LOST = 2013  # pymysql's "Lost connection to MySQL server during query"
 
 
@@ -128,6 +133,8 @@ def from_wire(body: object) -> Error:
 
 def from_pymysql(err: pymysql.MySQLError) -> Error:
     """Return the client error of the same class and values as a pymysql error."""
+    if isinstance(err, Error):
+        return err  # ours already (our classes are pymysql's too)
     cls = _CLASSES.get(type(err).__name__, InternalError)
     args = err.args if len(err.args) >= 2 else (0, *err.args, "")
     errno, msg = args[0], args[1]

@@ -9,6 +9,7 @@ send or return, this sends and returns: that is the whole point of the module.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,46 @@ from client.result import Result
 
 _MAX_PACKET_LEN = 0xFFFFFF
 COLUMN_CACHE_SIZE = 256  # distinct result shapes remembered per codec
+
+
+def _repeated_names(result: MySQLResult) -> tuple[str, ...]:
+    """Return the columns' table names when two columns share a name, else ()."""
+    description = result.description
+    if not description or len({d[0] for d in description}) == len(description):
+        return ()
+    return tuple(field.table_name for field in result.fields)
+
+
+def info_text(message: bytes | None) -> str:
+    """Return the info of an OK packet as text ("Rows matched: 1  Changed: 0 ...").
+
+    pymysql keeps the raw rest of the packet, which MariaDB starts with the
+    info's length byte.
+    """
+    if not message:
+        return ""
+    if message[0] == len(message) - 1:
+        message = message[1:]
+    return message.decode("utf-8", "replace")
+
+
+def weak_refill(method: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Return a refill that calls a stream's bound method without keeping it alive.
+
+    A stream holds its codec; a codec holding the stream's bound method would
+    close a reference cycle, and the stream's ``__del__`` (which frees its
+    broker connection) would then wait for the cyclic garbage collector instead
+    of running as soon as a ``for`` loop breaks out and drops the stream.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def refill() -> bytes:
+        bound = ref()
+        if bound is None:
+            raise errors.InternalError(0, "the stream was closed")
+        return bound()
+
+    return refill
 
 
 class _Recorder(Cursor):
@@ -53,6 +94,9 @@ class _Result(MySQLResult):
 
     def _get_descriptions(self) -> None:
         conn = self.connection
+        if conn.decoders is not conn._plain_decoders or not conn.use_unicode:
+            super()._get_descriptions()  # a connection's own conv: not cached
+            return
         data, start = conn._data, conn._pos
         end = start
         for _ in range(self.field_count + 1):  # the definitions, then their EOF
@@ -94,6 +138,7 @@ class Codec(pymysql.connections.Connection):
         self._data = b""
         self._pos = 0
         self._columns: dict[bytes, tuple] = {}  # raw column definitions -> parsed
+        self._plain_decoders = self.decoders
         self._cursor = Cursor(self)
 
     def render(self, sql: str, params: Sequence | dict | None) -> bytes:
@@ -120,26 +165,33 @@ class Codec(pymysql.connections.Connection):
     def decode(self, packets: bytes) -> Result:
         """Return the Result of one command's response, or raise its error.
 
-        Further result sets (a CALL returns one more) are read and dropped, as a
-        pymysql cursor does unless nextset() is called.
+        Further result sets (a CALL returns one more) follow as ``next_result``,
+        in the order pymysql's ``cursor.nextset()`` reads them.
         """
         self._data, self._pos = packets, 0
         try:
-            first = _Result(self)
-            first.read()
-            more = first
-            while more.has_next:
-                more = _Result(self)
-                more.read()
+            read = [_Result(self)]
+            read[0].read()
+            while read[-1].has_next:
+                read.append(_Result(self))
+                read[-1].read()
+        except errors.Error:
+            raise  # ours (a truncated reply; a refill's error): already a client error
         except pymysql.MySQLError as err:
             raise errors.from_pymysql(err) from err
-        return Result(
-            list(first.rows) if first.rows is not None else [],
-            first.description or (),
-            first.affected_rows,
-            first.insert_id,
-            first.warning_count,
-        )
+        result = None
+        for one in reversed(read):
+            result = Result(
+                list(one.rows) if one.rows is not None else [],
+                one.description or (),
+                one.affected_rows,
+                one.insert_id,
+                one.warning_count,
+                info_text(one.message),
+                result,
+                _repeated_names(one),
+            )
+        return result  # type: ignore[return-value]
 
     def open_stream(self, packets: bytes) -> MySQLResult:
         """Return an unbuffered pymysql result positioned at its first row."""
@@ -147,6 +199,8 @@ class Codec(pymysql.connections.Connection):
         result = _Result(self)
         try:
             result.init_unbuffered_query()
+        except errors.Error:
+            raise
         except pymysql.MySQLError as err:
             raise errors.from_pymysql(err) from err
         return result

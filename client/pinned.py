@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 
 from client import errors
+from client.packets import weak_refill
 from client.protocol import SERVED_BY_PRIMARY, Op, Status
 from client.result import Result
 
@@ -230,7 +231,10 @@ class Stream(_Pinned):
     """Rows of one statement pulled from the broker chunk by chunk.
 
     Leaving the loop early closes the stream: ``close()``, the ``with`` block,
-    or garbage collection (which sends the close without waiting for a reply).
+    or dropping the last reference (breaking out of a ``for`` loop), whose
+    ``__del__`` sends the close without waiting for a reply. Nothing of the
+    stream's refers back to it, so that happens at once, not at the next run
+    of the cyclic garbage collector.
     """
 
     _kind = "stream"
@@ -271,6 +275,9 @@ class Stream(_Pinned):
             self._open()
         try:
             row = self._result._read_rowdata_packet_unbuffered()
+        except errors.Error:  # ours, from a refill: already a client error
+            self._finish()
+            raise
         except pymysql.MySQLError as err:  # an error packet in mid-stream
             self._finish()
             raise errors.from_pymysql(err) from err
@@ -294,7 +301,7 @@ class Stream(_Pinned):
             self.served_by = SERVED_BY_PRIMARY
             reply = client._call(Op.STREAM_OPEN, self._timeout, 0, body, Status.CHUNK)
         packets = self._chunk(reply)
-        stream_codec = client._new_codec(self._timeout, refill=self._more)
+        stream_codec = client._new_codec(self._timeout, refill=weak_refill(self._more))
         try:
             self._result = stream_codec.open_stream(packets)
         except errors.Error:

@@ -21,20 +21,25 @@ broker connection keeps no session state between transactions; ``AUTOCOMMIT``
 runs each statement on any free connection. ``stream_results=True`` uses
 `client.dbapi.SSCursor`.
 
-Differences from ``mysql+pymysql``: the broker's MySQL connections are opened
-without ``CLIENT_FOUND_ROWS``, so an UPDATE's rowcount counts changed rows, not
-matched ones, and the dialect says ``supports_sane_rowcount = False`` (the ORM
-then skips its rowcount check instead of raising ``StaleDataError`` for an
-UPDATE that set a value it already had). Session state (``SET @v``, temporary
-tables) lasts until the transaction ends.
+Rowcounts are ``mysql+pymysql``'s: the dialect connects with
+``client_flag=CLIENT.FOUND_ROWS``, so an UPDATE's rowcount is the rows it
+matched (from the info MySQL sends with every UPDATE) and the ORM's checks
+(``version_id_col``, an UPDATE or DELETE of a row gone meanwhile) raise
+``StaleDataError`` as they do there. Two-phase transactions
+(``begin_twophase()``) run on a session pinned without BEGIN (see
+`client.dbapi`). ``mariadb+broker://`` is the same driver under SQLAlchemy's
+MariaDB dialect. Session state (``SET @v``, temporary tables) lasts until the
+transaction ends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pymysql.constants import CLIENT
 from sqlalchemy import exc, pool
 from sqlalchemy.dialects.mysql.base import MySQLDialect, MySQLExecutionContext
+from sqlalchemy.dialects.mysql.mariadb import MariaDBDialect
 from sqlalchemy.engine.url import URL
 
 from client import dbapi, errors
@@ -58,11 +63,20 @@ class MySQLDialect_broker(MySQLDialect):
     supports_unicode_statements = True
     supports_native_decimal = True
     supports_server_side_cursors = True
-    supports_sane_rowcount = False  # no CLIENT_FOUND_ROWS: see the module docstring
-    supports_sane_multi_rowcount = False
+    supports_sane_rowcount = True  # matched rows: client_flag=CLIENT.FOUND_ROWS
+    supports_sane_multi_rowcount = True  # executemany totals them
     default_paramstyle = "pyformat"
     poolclass = pool.NullPool  # the broker is the pool
     execution_ctx_cls = MySQLExecutionContext_broker
+
+    @classmethod
+    def load_provisioning(cls) -> None:
+        """Load SQLAlchemy's MySQL testing hooks, for its dialect compliance suite.
+
+        SQLAlchemy looks for a ``provision`` module beside the dialect's; the
+        broker needs none of its own, MySQL's are right.
+        """
+        import sqlalchemy.dialects.mysql.provision  # noqa: F401
 
     @classmethod
     def import_dbapi(cls) -> Any:
@@ -92,7 +106,7 @@ class MySQLDialect_broker(MySQLDialect):
                 f"mysql+broker:// URLs name no {', '.join(named)}: the broker's pool "
                 "has the DSN; use ?endpoint=...&pool=..."
             )
-        opts: dict[str, Any] = {}
+        opts: dict[str, Any] = {"client_flag": CLIENT.FOUND_ROWS}
         for key, value in url.query.items():
             kind = _URL_KEYS.get(key)
             if kind is None:
@@ -176,7 +190,14 @@ class MySQLDialect_broker(MySQLDialect):
 
     def detect_autocommit_setting(self, dbapi_connection: Any) -> bool:
         """Return whether the DB-API connection is in autocommit mode."""
-        return dbapi_connection.autocommit
+        return bool(dbapi_connection.autocommit)
+
+
+class MariaDBDialect_broker(MariaDBDialect, MySQLDialect_broker):
+    """``mariadb+broker://``: SQLAlchemy's MariaDB dialect through the broker."""
+
+    supports_statement_cache = True
 
 
 dialect = MySQLDialect_broker
+mariadb_dialect = MariaDBDialect_broker

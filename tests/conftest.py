@@ -23,6 +23,8 @@ from broker.sandbox import Sandbox, SandboxError, init_datadir
 
 TEST_DSN_ENV = "BROKER_TEST_DSN"
 pytest_plugins = ["broker_fixtures"]
+# SQLAlchemy's compliance suite runs in a pytest of its own (test_sqla_compliance).
+collect_ignore = ["sqla_suite"]
 
 
 # --- MySQL server ------------------------------------------------------------

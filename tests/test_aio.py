@@ -94,7 +94,7 @@ def test_200_tasks_on_one_loop_share_a_pool_of_4(make_broker):
 
 
 def test_concurrent_transactions_are_isolated(make_broker, table):
-    b = make_broker(max_size=4, queue_timeout=30)
+    b = make_broker(max_size=4, queue_timeout=30, max_pins_per_client=0)
 
     async def one(c, n):
         async with c.transaction() as tx:

@@ -117,7 +117,7 @@ def test_description_matches_pymysql_and_type_objects(conn, db, direct):
     with direct.cursor() as dcur:
         dcur.execute(sql)
         assert cur.description == dcur.description
-        assert cur.fetchall() == list(dcur.fetchall())
+        assert cur.fetchall() == dcur.fetchall()
     assert all(len(d) == 7 for d in cur.description)
     codes = {d[0]: d[1] for d in cur.description}
     assert codes["i"] == dbapi.NUMBER
@@ -192,7 +192,7 @@ def test_an_open_transaction_holds_its_connection_until_commit(make_broker, conn
 
 
 def test_autocommit_runs_each_statement_on_its_own(conn, db, direct, table):
-    assert conn.autocommit is False
+    assert conn.autocommit == False  # noqa: E712  a bool-like value, as pymysql's
     conn.autocommit = True
     assert conn.get_autocommit() is True
     cur = conn.cursor()
@@ -340,7 +340,7 @@ def test_connection_made_before_fork_works_in_the_child(conn, table):
     assert os.waitstatus_to_exitcode(status) == 0
     cur = conn.cursor()
     cur.execute("SELECT name FROM t ORDER BY id")
-    assert cur.fetchall() == [("parent",), ("child",)]
+    assert cur.fetchall() == (("parent",), ("child",))
 
 
 def test_transaction_open_at_fork_stays_the_parents(conn, table):
@@ -364,7 +364,7 @@ def test_transaction_open_at_fork_stays_the_parents(conn, table):
     assert os.waitstatus_to_exitcode(status) == 0
     conn.commit()
     cur.execute("SELECT name FROM t")
-    assert cur.fetchall() == [("parent",)]
+    assert cur.fetchall() == (("parent",),)
 
 
 # --- cursor ----------------------------------------------------------------------
@@ -389,8 +389,7 @@ def test_execute_results_rowcount_and_lastrowid(conn, table):
     assert cur.rowcount == 1
     assert cur.lastrowid == 1
     assert cur.description is None
-    with pytest.raises(dbapi.Error):
-        cur.fetchone()
+    assert cur.fetchone() is None  # no result set: None, as pymysql
     cur.execute(
         "INSERT INTO t (name, n) VALUES (%(name)s, %(n)s)", {"name": "b", "n": 2}
     )
@@ -399,7 +398,7 @@ def test_execute_results_rowcount_and_lastrowid(conn, table):
     cur.execute("SELECT name, n FROM t ORDER BY id")
     assert cur.rowcount == 2
     assert [d[0] for d in cur.description] == ["name", "n"]
-    assert cur.fetchall() == [("a", 11), ("b", 12)]
+    assert cur.fetchall() == (("a", 11), ("b", 12))
 
 
 def test_fetch_semantics(conn):
@@ -407,13 +406,13 @@ def test_fetch_semantics(conn):
     cur.execute("SELECT seq FROM seq_1_to_7")
     assert cur.fetchone() == (1,)
     assert cur.rownumber == 1
-    assert cur.fetchmany() == [(2,)]  # arraysize rows
+    assert cur.fetchmany() == ((2,),)  # arraysize rows, a tuple as pymysql's
     cur.arraysize = 2
-    assert cur.fetchmany() == [(3,), (4,)]
-    assert cur.fetchmany(10) == [(5,), (6,), (7,)]
-    assert cur.fetchmany(3) == []
+    assert cur.fetchmany() == ((3,), (4,))
+    assert cur.fetchmany(10) == ((5,), (6,), (7,))
+    assert cur.fetchmany(3) == ()
     assert cur.fetchone() is None
-    assert cur.fetchall() == []
+    assert cur.fetchall() == ()
     cur.execute("SELECT seq FROM seq_1_to_3")
     assert list(cur) == [(1,), (2,), (3,)]
     cur.execute("SELECT seq FROM seq_1_to_3")
@@ -426,7 +425,7 @@ def test_fetch_semantics(conn):
     cur.execute("SELECT 1 FROM DUAL WHERE 0")
     assert cur.description is not None
     assert cur.rowcount == 0
-    assert cur.fetchall() == []
+    assert cur.fetchall() == ()
 
 
 def test_executemany_totals_rowcount(conn, table):
@@ -444,7 +443,8 @@ def test_closed_cursor_raises(conn):
     cur = conn.cursor()
     cur.execute("SELECT 1")
     cur.close()
-    cur.close()
+    with pytest.raises(dbapi.ProgrammingError, match="already closed"):
+        cur.close()
     with pytest.raises(dbapi.Error):
         cur.execute("SELECT 1")
     with pytest.raises(dbapi.Error):
@@ -474,7 +474,7 @@ def test_database_errors_keep_the_transaction(conn, table):
         cur.execute("SELECT %s, %s", (1,))
     conn.commit()
     cur.execute("SELECT name FROM t")
-    assert cur.fetchall() == [("a",)]
+    assert cur.fetchall() == (("a",),)
 
 
 def test_callproc_in_and_out_parameters(conn, db):
@@ -484,14 +484,16 @@ def test_callproc_in_and_out_parameters(conn, db):
     )
     cur = conn.cursor()
     assert cur.callproc("add_one", (41, None)) == (41, None)
-    assert cur.fetchall() == [(41,)]
+    assert cur.fetchall() == ((41,),)
+    assert cur.nextset() is True  # the CALL's own (empty) result, as pymysql
+    assert cur.description is None
     assert cur.nextset() is None
     cur.execute("SELECT @_add_one_1")
     assert cur.fetchone() == (42,)
     conn.rollback()
     conn.autocommit = True
     cur.callproc("add_one", (1, None))
-    assert cur.fetchall() == [(1,)]
+    assert cur.fetchall() == ((1,),)
 
 
 # --- unbuffered cursor -----------------------------------------------------------
@@ -551,8 +553,7 @@ def test_sscursor_write_in_autocommit_reports_rowcount(conn, table):
     assert cur.execute("INSERT INTO t (name) VALUES ('a'), ('b')") == 2
     assert cur.lastrowid == 1
     assert cur.description is None
-    with pytest.raises(dbapi.Error):
-        cur.fetchone()
+    assert cur.fetchone() is None
 
 
 def test_sscursor_errors_are_database_errors(conn):

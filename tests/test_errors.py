@@ -60,3 +60,50 @@ def test_pymysql_error_keeps_class_and_values():
     assert err.sqlstate == "23000"
     assert err.msg == "Duplicate entry '1' for key 'PRIMARY'"
     assert err.args == (1062, "Duplicate entry '1' for key 'PRIMARY'")
+
+
+PYMYSQL_NAMES = [
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "Warning",
+]
+
+
+@pytest.mark.parametrize("name", PYMYSQL_NAMES)
+def test_each_class_is_also_the_pymysql_class_of_its_name(name):
+    ours, theirs = getattr(client, name), getattr(pymysql.err, name)
+    assert issubclass(ours, theirs)
+    assert issubclass(ours, pymysql.MySQLError)
+
+
+def test_pymysql_handlers_catch_client_errors_and_the_tree_is_unchanged():
+    err = errors.from_wire(["IntegrityError", 1062, "Duplicate entry", "23000"])
+    with pytest.raises(pymysql.err.IntegrityError) as caught:
+        raise err
+    assert caught.value is err
+    assert (err.args, err.sqlstate, str(err)) == (
+        (1062, "Duplicate entry"),
+        "23000",
+        "(1062, 'Duplicate entry')",
+    )
+    assert isinstance(client.PoolTimeout(), pymysql.err.OperationalError)
+    assert not issubclass(client.IntegrityError, pymysql.err.OperationalError)
+    assert not issubclass(client.InterfaceError, client.DatabaseError)
+    assert client.IntegrityError.__mro__[1:3] == (client.DatabaseError, client.Error)
+    assert errors.from_pymysql(err) is err
+
+
+def test_pymysql_handler_catches_a_real_duplicate_key(db):
+    db.query("CREATE TABLE u (id INT PRIMARY KEY)")
+    db.query("INSERT INTO u VALUES (1)")
+    with pytest.raises(pymysql.err.IntegrityError) as caught:
+        db.query("INSERT INTO u VALUES (1)")
+    assert type(caught.value) is client.IntegrityError
+    assert caught.value.errno == 1062

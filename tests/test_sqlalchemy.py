@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import exc as orm_exc
 
 import client
 from client import dbapi
@@ -212,3 +213,104 @@ def test_reflection_and_pre_ping(broker, engine):
     with pinged.connect() as conn:  # a pooled connection, pinged first
         assert conn.execute(sa.text("SELECT 4")).scalar() == 4
     pinged.dispose()
+
+
+class VersionedBase(DeclarativeBase):
+    pass
+
+
+class Doc(VersionedBase):
+    __tablename__ = "docs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(sa.String(40))
+    version: Mapped[int] = mapped_column(nullable=False)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+
+def _two_writers(engine):
+    """Two sessions load one row; both change it; return what the second sees."""
+    with Session(engine) as s:
+        s.add(Doc(id=1, body="v0"))
+        s.commit()
+    first, second = Session(engine), Session(engine)
+    try:
+        a = first.get(Doc, 1)
+        b = second.get(Doc, 1)  # both read version 1
+        a.body = "first"
+        first.commit()
+        b.body = "second"
+        try:
+            second.commit()
+        except orm_exc.StaleDataError as err:
+            second.rollback()
+            return err
+        return None
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("scheme", ["mysql+broker", "mariadb+broker"])
+def test_version_id_col_refuses_the_second_writer(broker, scheme):
+    e = sa.create_engine(_url(broker).replace("mysql+broker", scheme))
+    assert e.dialect.supports_sane_rowcount
+    assert e.dialect.is_mariadb == (scheme == "mariadb+broker")
+    VersionedBase.metadata.create_all(e)
+    err = _two_writers(e)
+    assert err is not None, "second writer's commit silently overwrote the first"
+    assert "expected to update 1 row(s); 0 were matched" in str(err)
+    with e.connect() as conn:
+        row = conn.execute(sa.text("SELECT body, version FROM docs")).one()
+    assert tuple(row) == ("first", 2)
+    e.dispose()
+
+
+def test_update_of_a_row_deleted_meanwhile_is_stale(engine):
+    with Session(engine) as s:
+        s.add(User(name="gone", karma=1))
+        s.commit()
+        user = s.scalars(sa.select(User)).one()
+        with engine.begin() as conn:
+            conn.execute(sa.delete(User.__table__))
+        user.karma = 1  # the value it has: an UPDATE that changes nothing
+        s.flush()  # no version column: an unchanged value matched 0 rows...
+        with engine.begin() as conn:
+            result = conn.execute(
+                sa.update(User.__table__).where(User.id == user.id).values(karma=1)
+            )
+            assert result.rowcount == 0
+        s.rollback()
+    with Session(engine) as s:
+        s.add(User(name="kept", karma=1))
+        s.commit()
+        with engine.begin() as conn:
+            same = conn.execute(
+                sa.update(User.__table__).where(User.name == "kept").values(karma=1)
+            )
+            assert same.rowcount == 1  # matched, though nothing changed
+
+
+def test_lastrowid_of_a_text_insert(engine):
+    with engine.begin() as conn:
+        first = conn.execute(sa.text("INSERT INTO users (name, karma) VALUES ('a', 0)"))
+        second = conn.execute(
+            sa.text("INSERT INTO users (name, karma) VALUES ('b', 0)")
+        )
+        assert (first.lastrowid, second.lastrowid) == (1, 2)
+
+
+def test_two_phase_commit_and_recover(engine, direct, db):
+    with engine.connect() as conn:
+        tx = conn.begin_twophase()
+        conn.execute(sa.text("INSERT INTO users (name, karma) VALUES ('xa', 0)"))
+        assert [p["kind"] for p in db.stats()["pins"]] == ["session"]
+        tx.prepare()
+        assert tx.xid.encode() in engine.dialect.do_recover_twophase(conn)  # as pymysql
+        tx.commit()
+    assert _count(direct) == 1
+    assert db.stats()["pins"] == []
+    with engine.connect() as conn:
+        tx = conn.begin_twophase()
+        conn.execute(sa.text("INSERT INTO users (name, karma) VALUES ('xb', 0)"))
+        tx.rollback()
+    assert _count(direct) == 1

@@ -1,5 +1,6 @@
 """Streams: rows in bounded memory, early exit frees the connection."""
 
+import asyncio
 import gc
 import time
 
@@ -7,6 +8,7 @@ import pytest
 from broker_fixtures import rss_kb
 
 import client
+from client import aio
 
 
 @pytest.mark.timeout(180)
@@ -78,3 +80,44 @@ def test_error_in_mid_stream_is_a_client_error(db):
             )
         )
     assert exc.value.errno == 1242
+
+
+@pytest.fixture
+def no_gc():
+    """Turn the cyclic garbage collector off, so only reference counting frees."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.timeout(60)
+def test_breaking_out_frees_the_connection_without_gc(make_broker, no_gc):
+    b = make_broker(max_size=1, queue_timeout=2)
+    c = b.client()
+    for i, row in enumerate(c.stream("SELECT seq FROM seq_1_to_100000", chunk_rows=10)):
+        assert row == (i + 1,)
+        if i == 20:  # past the first chunk: the refill path has run
+            break
+    assert c.query("SELECT 7").scalar() == 7
+    assert c.stats()["pins"] == []
+
+
+@pytest.mark.timeout(60)
+def test_async_stream_dropped_in_a_loop_frees_the_connection_without_gc(
+    make_broker, no_gc
+):
+    b = make_broker(max_size=1, queue_timeout=2)
+
+    async def main():
+        async with aio.Client(endpoint=b.endpoint, timeout=10) as c:
+            n = 0
+            async for row in c.stream("SELECT seq FROM seq_1_to_100000", chunk_rows=10):
+                n += 1
+                assert row == (n,)
+                if n == 25:
+                    break
+            assert (await c.query("SELECT 8")).scalar() == 8
+            return (await c.stats())["pins"]
+
+    assert asyncio.run(main()) == []
