@@ -755,12 +755,12 @@ class _Pinned:
         """Return a callback freeing a pin whose opening reply came too late."""
 
         def free(status: int, body: Any) -> None:
+            if status == Status.SERVED:  # a replica's reply wraps the usual one
+                status, body = body[1], body[2]
             if status == Status.VALUE and isinstance(body, int) and body:
                 self._client._send_only(close_op, body)
             elif status == Status.CHUNK and not body[1]:
                 self._client._send_only(close_op, body[0])
-            elif status == Status.SERVED:
-                free(body[1], body[2])
 
         return free
 
