@@ -30,6 +30,7 @@ class PoolMetrics:
         self.sql_errors = 0  # MySQL error packets forwarded
         self.query_timeouts = 0
         self.pool_timeouts = 0
+        self.expired_unread = 0  # read after the client's deadline: never started
         self.opened = 0  # connections opened, first ones included
         self.connect_failures = 0
         self.lost = 0  # connections that died under or between requests

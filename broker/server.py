@@ -41,7 +41,14 @@ from broker.connector import Connector, Outcome, setup_statements
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
 from broker.pool import MAX_QUEUE, Pool
-from broker.request import PeerId, Pin, Request, begin_statements, check_body
+from broker.request import (
+    PeerId,
+    Pin,
+    Request,
+    begin_statements,
+    check_body,
+    start_by,
+)
 from broker.scanner import IN_TRANS
 from broker.systemd import Notifier
 from broker.worker import (
@@ -400,7 +407,7 @@ class Server:
             )
             return
         try:
-            req_id, op, pool_name, timeout, pin, body = decode_request(frame)
+            req_id, op, pool_name, timeout, pin, body, until = decode_request(frame)
         except ProtocolError as err:
             self._refuse(peer, frame, str(err))
             return
@@ -442,6 +449,9 @@ class Server:
         limit = pool.config.query_timeout if pool is not None else timeout
         req.timeout = min(timeout, limit)
         req.deadline = req.received + req.timeout
+        if not start_by(req, until, type(peer) is Peer) and pool is not None:
+            self._expired_unread(req)
+            return
         problem = check_body(op, pin, body)
         if problem:
             self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, problem))
@@ -453,6 +463,24 @@ class Server:
             self._op_pinned(req)
         else:
             self._handlers[op](req)
+
+    def _expired_unread(self, req: Request) -> None:
+        """Refuse a request read after its client's deadline: never start it."""
+        req.pool.metrics.expired_unread += 1
+        log.debug(  # a stopped broker wakes to many: the counter tells it
+            "pool %s: request %d of op %s read after its caller's deadline; not run",
+            req.pool.name,
+            req.req_id,
+            Op(req.op).name,
+        )
+        self._fail(
+            req,
+            errors.QueryTimeout(
+                errors.ER_QUERY_TIMEOUT,
+                "the request's deadline passed before the broker read it "
+                "(was the broker stopped?); the statement was not run",
+            ),
+        )
 
     def _count_in(self, req: Request) -> bool:
         """Count a request against its client's in-flight limit; refuse the excess."""
