@@ -186,6 +186,10 @@ class PoolConfig:
     init_sql: tuple[str, ...] = ()  # live; applies to new connections
     query_timeout: float = 30.0  # live
     transaction_idle_timeout: float = 60.0  # live
+    # live; how long a cancelled statement may take to stop before its
+    # connection is dropped. Above the client's 2 s GRACE a cancelled write's
+    # caller may give up first and hear OutcomeUnknown.
+    kill_grace: float = 1.5
     read_only: bool = False  # new connections; SET SESSION TRANSACTION READ ONLY
     allowed_keys: tuple[str, ...] = ()  # live; tcp client public keys (z85); () = all
     password: str | None = field(default=None, repr=False)  # like password_file
@@ -215,6 +219,7 @@ class PoolConfig:
             "max_lifetime": lambda k, v: _seconds(k, v, positive=True),
             "query_timeout": lambda k, v: _seconds(k, v, positive=True),
             "transaction_idle_timeout": lambda k, v: _seconds(k, v, positive=True),
+            "kill_grace": lambda k, v: _seconds(k, v, positive=True),
             "init_sql": _strings,
             "read_only": _bool,
             "allowed_keys": _strings,

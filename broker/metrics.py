@@ -31,6 +31,7 @@ class PoolMetrics:
         self.query_timeouts = 0
         self.pool_timeouts = 0
         self.expired_unread = 0  # read after the client's deadline: never started
+        self.slow_kills = 0  # KILL QUERY answered after more than kill_grace
         self.opened = 0  # connections opened, first ones included
         self.connect_failures = 0
         self.lost = 0  # connections that died under or between requests

@@ -7,7 +7,9 @@ live worker plus those being opened and never exceeds ``max_size``.
 When no worker is idle a request waits in `_queue` (bounded) until one frees,
 its queue_timeout passes (PoolTimeout) or its deadline passes (QueryTimeout,
 never sent). While the server is unreachable and the pool holds no worker,
-requests fail at once with the connect error: nothing piles up.
+requests fail at once with the connect error: nothing piles up; except that
+a request arriving when no connect is under way starts one at once, whatever
+the back-off, and waits for it (`connect_now`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 10000  # waiting requests per pool; beyond it a request is refused at once
 BACKOFF_FIRST = 0.1  # seconds before retrying a failed connect, doubling ...
 BACKOFF_MAX = 5.0  # ... up to this
+# A request for a pool with no connection starts a connect at once, back-off
+# aside, at most this often: a returning server is used within ~0.1 s, and an
+# absent one costs a refused connect per 0.1 s however many requests come.
+PROMPT_EVERY = 0.1
 
 
 class Pool:
@@ -48,6 +54,7 @@ class Pool:
         self.last_error: Exception | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
+        self._prompted = 0.0  # when a request last started a connect itself
         self.retired = False  # removed from the config: finish and close
 
     @property
@@ -111,6 +118,22 @@ class Pool:
         ):
             self.opening += 1
             self._connector.open(self.config)
+
+    def connect_now(self, now: float) -> bool:
+        """Start a connect for a request to a failing pool; whether one is under way.
+
+        The back-off paces the broker's own retries; a caller waiting now is
+        worth one attempt at once (bounded by PROMPT_EVERY and one at a time),
+        so service resumes as soon as the server accepts connections.
+        """
+        if self.opening:
+            return True
+        if self.retired or now - self._prompted < PROMPT_EVERY:
+            return False
+        self._prompted = now
+        self.opening += 1
+        self._connector.open(self.config)
+        return True
 
     def opened(self, worker: Worker) -> None:
         """Adopt a newly opened worker."""

@@ -37,7 +37,12 @@ from broker.config import (
     keep_restart_keys,
     needs_restart,
 )
-from broker.connector import Connector, Outcome, setup_statements
+from broker.connector import (
+    KILL_CONNECT_TIMEOUT,
+    Connector,
+    Outcome,
+    setup_statements,
+)
 from broker.ipc import Listener, Peer
 from broker.metrics import BrokerMetrics, Exporter
 from broker.pool import MAX_QUEUE, Pool
@@ -80,9 +85,6 @@ log = logging.getLogger(__name__)
 TICK = 0.02  # seconds between deadline checks: the precision of timeouts
 JANITOR_EVERY = 0.5  # seconds between upkeep passes (recycling, idle pins)
 PING_AFTER_IDLE = 5.0  # health-check a connection idle longer than this before use
-# A cancelled statement still running after this: drop the connection. Below the
-# client's GRACE, so a write's caller hears the outcome before giving up.
-KILL_GRACE = 1.5
 # Pipeline a read only behind one sent this recently: one that has run longer
 # may be slow, and whatever waits behind it on its connection waits as long.
 PIPELINE_WINDOW = 0.002
@@ -640,8 +642,10 @@ class Server:
             )
             return
         if pool.failing:
+            if pool.connect_now(time.monotonic()):
+                pool.queue.append(req)  # answered by the connect's outcome
+                return
             self._fail(req, _database_error(pool.last_error))  # type: ignore[arg-type]
-            pool.open_if_needed()
             return
         worker = pool.check_out()
         if worker is not None:
@@ -1279,7 +1283,7 @@ class Server:
             return
         worker.cancelling = True
         worker.cancel_started = now
-        worker.deadline = 0.0  # one KILL per statement; KILL_GRACE covers the rest
+        worker.deadline = 0.0  # one KILL per statement; kill_grace covers the rest
         for piped in worker.piped:
             piped.bystander = True  # the KILL may land on it if the head just ended
         pin = worker.pin
@@ -1297,7 +1301,7 @@ class Server:
             why = reason or f"deadline of {req.timeout:.3f} s passed"
             if _may_write(req):
                 # Whether it was applied is known once MySQL answers: the reply
-                # waits for that (bounded by KILL_GRACE), never guesses.
+                # waits for that (bounded by kill_grace), never guesses.
                 req.cancelled = why
             else:
                 worker.request = None
@@ -1329,9 +1333,20 @@ class Server:
             )
             worker.lost("could not cancel its statement")
             return
+        took = time.monotonic() - worker.cancel_started
+        if took > worker.pool.config.kill_grace:
+            worker.pool.metrics.slow_kills += 1
+            log.info(
+                "pool %s: KILL QUERY %d took %.1f s",
+                worker.pool.name,
+                worker.thread_id,
+                took,
+            )
         if not worker.running:
             worker.dirty = worker.dirty or worker.pin is None
             self._after_command(worker)
+        else:
+            worker.cancel_started = time.monotonic()  # kill_grace from here
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
@@ -1347,7 +1362,12 @@ class Server:
                 )
         for worker in list(self._workers.values()):
             if worker.cancel_started and (worker.cancelling or worker.running):
-                if now - worker.cancel_started > KILL_GRACE and not worker.paused:
+                # The grace runs from MySQL's answer to the KILL: a slow KILL
+                # must not turn a statement it does stop into OutcomeUnknown.
+                grace = worker.pool.config.kill_grace
+                if worker.cancelling:
+                    grace += KILL_CONNECT_TIMEOUT
+                if now - worker.cancel_started > grace and not worker.paused:
                     worker.lost("cancelled statement did not stop")
             elif worker.deadline and now >= worker.deadline and worker.running:
                 self._cancel(worker, now)

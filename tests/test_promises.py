@@ -153,3 +153,22 @@ def test_request_left_unread_by_a_killed_broker_runs_on_its_successor(
     assert not isinstance(result, BaseException), result
     assert result.rowcount == 1
     assert _count(direct) == 1  # once
+
+
+@pytest.mark.timeout(120)
+def test_request_after_mysql_returns_connects_at_once(make_broker, faulty_mysql):
+    b = make_broker(dsn=faulty_mysql.dsn(user="broker", database="broker"), max_size=2)
+    c = b.client(timeout=3)
+    assert c.query("SELECT 1").scalar() == 1
+    faulty_mysql.kill()
+    with pytest.raises(client.OperationalError):
+        c.query("SELECT 1")
+    time.sleep(7)  # the broker's own retries back off to 5 s apart
+    with pytest.raises(client.OperationalError):
+        c.query("SELECT 1")  # still down: fails fast, not after its timeout
+    faulty_mysql.start()
+    faulty_mysql.admin().close()  # the server accepts connections again
+    start = time.monotonic()
+    assert c.query("SELECT 2").scalar() == 2  # no back-off wait, no stale error
+    assert time.monotonic() - start < 1.5
+    assert c.stats()["pools"]["default"]["connect_failures"] >= 3
