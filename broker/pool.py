@@ -2,7 +2,11 @@
 
 A worker is idle (in `_idle`), busy with exactly one request, pinned to one
 client's transaction, session or stream, or resetting. `size` counts every
-live worker plus those being opened and never exceeds ``max_size``.
+live worker, those being opened, and connections the server still holds for
+us after we let go (`dying`: dropped mid-statement, or left by a dead
+predecessor, until PROCESSLIST confirms them gone); it never exceeds
+``max_size``. The pool's one side connection for KILLs (`broker.reaper`) is
+the only connection beyond it.
 
 When no worker is idle a request waits in `_queue` (bounded) until one frees,
 its queue_timeout passes (PoolTimeout) or its deadline passes (QueryTimeout,
@@ -21,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.config import PoolConfig
-from broker.connector import Connector
+from broker.connector import Connector, Outcome
 from broker.metrics import PoolMetrics
 from broker.worker import State, Worker
 
@@ -56,11 +60,13 @@ class Pool:
         self._retry_at = 0.0
         self._prompted = 0.0  # when a request last started a connect itself
         self.retired = False  # removed from the config: finish and close
+        self.dying: set[int] = set()  # server thread ids killed, not yet seen gone
+        self.sweeping = False  # looking for a dead predecessor's connections
 
     @property
     def size(self) -> int:
         """Live workers plus those being opened: what counts against max_size."""
-        return len(self.workers) + self.opening
+        return len(self.workers) + self.opening + len(self.dying)
 
     @property
     def failing(self) -> bool:
@@ -104,7 +110,7 @@ class Pool:
 
     def open_if_needed(self, now: float | None = None) -> None:
         """Start opening connections up to min_size, or for waiting requests."""
-        if self.retired:
+        if self.retired or self.sweeping:
             return
         now = time.monotonic() if now is None else now
         if now < self._retry_at:
@@ -134,6 +140,54 @@ class Pool:
         self.opening += 1
         self._connector.open(self.config)
         return True
+
+    def reaper_done(self, outcome: Outcome) -> None:
+        """Take the outcome of a reap or the start-up sweep (`broker.reaper`)."""
+        if outcome.kind == "swept":
+            self.swept(*outcome.tag)
+            return
+        thread_id, confirmed, took = outcome.tag
+        self.dying.discard(thread_id)
+        if outcome.error is not None:
+            log.warning(
+                "pool %s: cannot confirm dropped connection %d closed: %s",
+                self.name,
+                thread_id,
+                outcome.error,
+            )
+        elif confirmed:
+            self.metrics.dropped_confirmed += 1
+            log.info(
+                "pool %s: dropped connection %d confirmed closed on the server "
+                "after %.1f s (KILL CONNECTION); its statement did not finish there",
+                self.name,
+                thread_id,
+                took,
+            )
+        else:
+            log.warning(
+                "pool %s: dropped connection %d not confirmed closed within %.0f s",
+                self.name,
+                thread_id,
+                took,
+            )
+        self.open_if_needed()
+
+    def swept(self, found: list[int], left: set[int], took: float) -> None:
+        """Finish the start-up sweep: count what still lingers, then open."""
+        self.sweeping = False
+        self.dying |= left
+        if found:
+            self.metrics.predecessor_killed += len(found) - len(left)
+            log.warning(
+                "pool %s: killed %d connections a dead broker left running "
+                "(%d still closing after %.1f s)",
+                self.name,
+                len(found),
+                len(left),
+                took,
+            )
+        self.open_if_needed()
 
     def opened(self, worker: Worker) -> None:
         """Adopt a newly opened worker."""
@@ -195,6 +249,10 @@ class Pool:
             "pipeline_depth": self.config.pipeline_depth,
             "size": len(self.workers),
             "opening": self.opening,
+            "dying": len(self.dying),
+            "side_connection": self._connector.sides[self.name].open
+            if self.name in self._connector.sides
+            else False,
             "idle": states["idle"],
             "busy": states["busy"] + states["resetting"],
             "pinned": states["pinned"],

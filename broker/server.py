@@ -258,9 +258,14 @@ class Server:
         )
 
     def start_pools(self) -> None:
-        """Open every pool's min_size connections in the background."""
+        """Open every pool's min_size connections in the background.
+
+        First each pool kills what a dead predecessor left running on its
+        account (`broker.reaper`), so the two never hold more than max_size.
+        """
         for pool in self.pools.values():
-            pool.open_if_needed()
+            pool.sweeping = True
+            self.connector.sweep(pool.config)
 
     def close(self) -> None:
         """Close every connection and socket, and remove ipc socket files."""
@@ -1331,7 +1336,7 @@ class Server:
                 worker.thread_id,
                 outcome.error,
             )
-            worker.lost("could not cancel its statement")
+            self._drop(worker, "could not cancel its statement")
             return
         took = time.monotonic() - worker.cancel_started
         if took > worker.pool.config.kill_grace:
@@ -1347,6 +1352,14 @@ class Server:
             self._after_command(worker)
         else:
             worker.cancel_started = time.monotonic()  # kill_grace from here
+
+    def _drop(self, worker: Worker, reason: str) -> None:
+        """Drop a connection whose statement would not stop; it counts until gone."""
+        worker.pool.dying.add(worker.thread_id)
+        self.connector.reap(
+            worker.pool.name, worker.config.connect_args(), worker.thread_id
+        )
+        worker.lost(reason)
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
@@ -1368,7 +1381,7 @@ class Server:
                 if worker.cancelling:
                     grace += KILL_CONNECT_TIMEOUT
                 if now - worker.cancel_started > grace and not worker.paused:
-                    worker.lost("cancelled statement did not stop")
+                    self._drop(worker, "cancelled statement did not stop")
             elif worker.deadline and now >= worker.deadline and worker.running:
                 self._cancel(worker, now)
             for piped in worker.piped:
@@ -1428,6 +1441,7 @@ class Server:
                     self._close_stream(pin, reason)
                 else:
                     self._unpin(pin, reason, reset=True)
+        self.connector.close_idle_sides()
         if self._exporter is not None:
             self._exporter.update(self.stats())
         if not self._ready and all(
@@ -1457,8 +1471,10 @@ class Server:
             outcome = results.popleft()
             if outcome.kind == "kill":
                 self._killed(outcome)
-            else:
+            elif outcome.kind == "open":
                 self._opened(outcome)
+            elif (pool := self.pools.get(outcome.pool)) is not None:
+                pool.reaper_done(outcome)
 
     def _opened(self, outcome: Outcome) -> None:
         pool = self.pools.get(outcome.pool)

@@ -172,3 +172,113 @@ def test_request_after_mysql_returns_connects_at_once(make_broker, faulty_mysql)
     assert c.query("SELECT 2").scalar() == 2  # no back-off wait, no stale error
     assert time.monotonic() - start < 1.5
     assert c.stats()["pools"]["default"]["connect_failures"] >= 3
+
+
+def _account_connections(conn, test_conn: int = 0) -> list[int]:
+    """Return the broker account's connections but the test's own."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST "
+            "WHERE USER = 'broker' AND DB = DATABASE() AND ID <> CONNECTION_ID() "
+            "AND ID <> %s",
+            (test_conn,),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+class _Peak:
+    """Sample the broker account's connections in PROCESSLIST every 10 ms."""
+
+    def __init__(self, conn, test_conn: int) -> None:
+        self.peak = 0
+        self._conn = conn  # its own: pymysql connections are not thread-safe
+        self._test_conn = test_conn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            found = _account_connections(self._conn, self._test_conn)
+            self.peak = max(self.peak, len(found))
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@pytest.mark.timeout(120)
+def test_max_size_holds_in_processlist_across_kills_and_a_broker_restart(
+    make_broker, direct, mysql_server, database
+):
+    b = make_broker(max_size=3, min_size=1)
+    c = b.client(timeout=10)
+    c.query("CREATE TABLE t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+    c.query("INSERT INTO t VALUES (1, 0)")
+    holder = mysql_server.admin()  # holds the row lock the writes wait for
+    holder.select_db(database)
+    with holder.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT v FROM t WHERE id = 1 FOR UPDATE")
+    own = mysql_server.admin()
+    own.select_db(database)
+    watch = _Peak(own, direct.thread_id())
+    try:
+        # Rounds of cancels: each KILL QUERY goes over the pool's one side link.
+        for _ in range(3):
+            threads = [
+                _in_thread(
+                    lambda: c.query(
+                        "UPDATE t SET v = v + 1 WHERE id = 1 /* bk-cap */", timeout=0.5
+                    )
+                )
+                for _ in range(3)
+            ]
+            for thread, out in threads:
+                thread.join(10)
+                assert isinstance(out[0], client.QueryTimeout), out
+        # Writes left waiting on the server by a SIGKILLed broker ...
+        threads = [
+            _in_thread(
+                lambda: c.query("UPDATE t SET v = v + 1 WHERE id = 1 /* bk-cap */")
+            )
+            for _ in range(3)
+        ]
+        _wait_running(direct, "bk-cap")
+        time.sleep(0.3)
+        b.kill()
+        for thread, _ in threads:
+            thread.join(10)
+        with direct.cursor() as cur:
+            cur.execute(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE "
+                "'%bk-cap%' AND ID <> CONNECTION_ID()"
+            )
+            lingering = {row[0] for row in cur.fetchall()}
+        assert len(lingering) == 3  # the server still runs them
+        # ... are killed by its successor before it opens connections of its own.
+        b.start()
+        d = b.client(timeout=10)
+        loaded = [_in_thread(lambda: d.query("SELECT SLEEP(0.5)")) for _ in range(3)]
+        for thread, out in loaded:
+            thread.join(10)
+            assert out == [out[0]] and not isinstance(out[0], BaseException), out
+        assert not lingering & set(_account_connections(direct))
+        assert d.stats()["pools"]["default"]["predecessor_killed"] == 3
+    finally:
+        peak = watch.stop()
+        own.close()
+        with holder.cursor() as cur:
+            cur.execute("COMMIT")
+        holder.close()
+    assert peak <= 3 + 1  # max_size, and the one side connection for KILLs
+    assert _count_v(direct) == 0  # no cancelled or killed write was applied
+
+
+def _count_v(direct) -> int:
+    direct.commit()
+    with direct.cursor() as cur:
+        cur.execute("SELECT v FROM t WHERE id = 1")
+        return cur.fetchone()[0]
