@@ -159,7 +159,7 @@ def decode_request(
     if type(msg) is not list or len(msg) not in (7, 8):
         raise ProtocolError("frame must be a msgpack array of 8 items (7 in version 1)")
     version = msg[0]
-    if version not in VERSIONS or len(msg) != 6 + version:
+    if type(version) is not int or version not in VERSIONS or len(msg) != 6 + version:
         raise ProtocolError(
             f"protocol version {version!r} with {len(msg)} items not supported "
             f"(this broker speaks {sorted(VERSIONS)})"

@@ -8,6 +8,7 @@ stopped broker's socket. The row count on the server is the judge.
 import asyncio
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -132,6 +133,34 @@ def test_insert_left_unread_past_its_deadline_never_runs(make_broker, direct):
         b.signal(signal.SIGCONT)
     d = b.client(timeout=5)
     assert d.query("SELECT 1").scalar() == 1  # the broker has read its backlog
+    assert _count(direct) == 0
+    assert d.stats()["pools"]["default"]["expired_unread"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_tcp_insert_read_past_its_wall_clock_deadline_never_runs(
+    make_broker, direct, mysql_dsn, password_file
+):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    b = make_broker(start=False)
+    b.endpoint = f"tcp://127.0.0.1:{port}"
+    b.write_config(mysql_dsn, str(password_file), {"max_size": 1}, {})
+    b.start()
+    c = b.client(timeout=1)
+    c.query("CREATE TABLE t (a INT)")
+    b.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(client.BrokerUnavailable) as exc:
+            c.query("INSERT INTO t VALUES (1)", timeout=1)
+        # libzmq took the frame: the client cannot know, so it says so.
+        assert isinstance(exc.value, client.OutcomeUnknown), exc.value
+        time.sleep(1.0)  # past the deadline and the 1 s skew allowance
+    finally:
+        b.signal(signal.SIGCONT)
+    d = b.client(timeout=5)
+    assert d.query("SELECT 1").scalar() == 1
     assert _count(direct) == 0
     assert d.stats()["pools"]["default"]["expired_unread"] == 1
 
@@ -283,3 +312,24 @@ def _count_v(direct) -> int:
     with direct.cursor() as cur:
         cur.execute("SELECT v FROM t WHERE id = 1")
         return cur.fetchone()[0]
+
+
+@pytest.mark.timeout(60)
+def test_aio_request_left_unread_by_a_killed_broker_runs_on_its_successor(
+    make_broker, direct
+):
+    b = make_broker(max_size=1)
+    b.client().query("CREATE TABLE t (a INT)")
+
+    async def main():
+        async with aio.Client(endpoint=b.endpoint, timeout=15) as c:
+            await c.ping()
+            b.signal(signal.SIGSTOP)
+            task = asyncio.create_task(c.query("INSERT INTO t VALUES (1)"))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(b.kill)
+            await asyncio.to_thread(b.start)
+            return await task
+
+    assert asyncio.run(main()).rowcount == 1
+    assert _count(direct) == 1

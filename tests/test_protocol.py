@@ -63,6 +63,7 @@ def test_reply_round_trip_keeps_bytes_as_bytes():
     [
         ([3, 1, Op.PING, "default", 1.0, 0, None, None], "version"),
         ([2, 1, Op.PING, "default", 1.0, 0, None], "version 2 with 7 items"),
+        ([{}, 1, Op.PING, "default", 1.0, 0, None], "version"),  # unhashable
         ([2, 1, Op.PING, "default", 1.0, 0, None, [1.0]], "deadline"),
         ([2, 1, Op.PING, "default", 1.0, 0, None, "soon"], "deadline"),
         ([1, -1, Op.PING, "default", 1.0, 0, None], "request id"),
