@@ -123,9 +123,9 @@ class Connector:
         self._executor.submit(self._sweep, pool)
 
     def _sweep(self, pool: PoolConfig) -> None:
-        args = dict(pool.connect_args(), connect_timeout=KILL_CONNECT_TIMEOUT)
         side = self.sides[pool.name]
         try:
+            args = dict(pool.connect_args(), connect_timeout=KILL_CONNECT_TIMEOUT)
             found = reaper.predecessors(side, args)
             left, took = reaper.reap(side, args, found, reaper.SWEEP_TIMEOUT)
         except Exception as err:  # unreachable: the pool's own connects will say so

@@ -146,7 +146,7 @@ class Pool:
         if outcome.kind == "swept":
             self.swept(*outcome.tag)
             return
-        thread_id, confirmed, took = outcome.tag
+        thread_id, confirmed, was_running, took = outcome.tag
         self.dying.discard(thread_id)
         if outcome.error is not None:
             log.warning(
@@ -159,10 +159,13 @@ class Pool:
             self.metrics.dropped_confirmed += 1
             log.info(
                 "pool %s: dropped connection %d confirmed closed on the server "
-                "after %.1f s (KILL CONNECTION); its statement did not finish there",
+                "after %.1f s (KILL CONNECTION); %s",
                 self.name,
                 thread_id,
                 took,
+                "its statement was still running: MySQL aborted it (rolled back)"
+                if was_running
+                else "its statement had ended before",
             )
         else:
             log.warning(
@@ -177,6 +180,8 @@ class Pool:
         """Finish the start-up sweep: count what still lingers, then open."""
         self.sweeping = False
         self.dying |= left
+        for thread_id in left:  # still closing: confirm them as dropped ones
+            self._connector.reap(self.name, self.config.connect_args(), thread_id)
         if found:
             self.metrics.predecessor_killed += len(found) - len(left)
             log.warning(

@@ -127,13 +127,27 @@ def present(side: SideLink, connect_args: dict, ids: list[int]) -> set[int]:
     return {row[0] for row in rows}
 
 
+def running(side: SideLink, connect_args: dict, ids: list[int]) -> set[int]:
+    """Return which of the connection ids are running a statement now."""
+    if not ids:
+        return set()
+    marks = ", ".join(["%s"] * len(ids))
+    rows = side.run(
+        connect_args,
+        "SELECT ID FROM information_schema.PROCESSLIST "
+        f"WHERE ID IN ({marks}) AND COMMAND <> 'Sleep'",
+        ids,
+    )
+    return {row[0] for row in rows}
+
+
 def reap(
     side: SideLink, connect_args: dict, ids: list[int], timeout: float
 ) -> tuple[set[int], float]:
     """KILL CONNECTION each id; return those still shown after timeout, and the time.
 
     Killing ends a running statement as MySQL ends any killed statement:
-    rolled back, and the connection closed.
+    rolled back (in a transactional engine), and the connection closed.
     """
     start = time.monotonic()
     for thread_id in ids:

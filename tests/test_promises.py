@@ -6,15 +6,18 @@ stopped broker's socket. The row count on the server is the judge.
 """
 
 import asyncio
+import contextlib
 import re
 import signal
 import socket
 import threading
 import time
 
+import pymysql
 import pytest
 
 import client
+from broker import reaper
 from client import aio
 
 SLOW_INSERT = "INSERT INTO t SELECT 1 FROM (SELECT SLEEP(0.5)) AS s /* bk-lost */"
@@ -333,3 +336,38 @@ def test_aio_request_left_unread_by_a_killed_broker_runs_on_its_successor(
 
     assert asyncio.run(main()).rowcount == 1
     assert _count(direct) == 1
+
+
+@pytest.mark.timeout(60)
+def test_reaper_kills_a_running_connection_and_confirms_it_gone(
+    mysql_server, database, direct
+):
+    args = {
+        "host": mysql_server.host,
+        "port": mysql_server.port,
+        "user": mysql_server.user,
+        "password": mysql_server.password,
+        "database": database,
+    }
+    victim = pymysql.connect(**args)
+    victim_id = victim.thread_id()
+
+    def run() -> None:
+        with contextlib.suppress(pymysql.err.MySQLError), victim.cursor() as cur:
+            cur.execute("SELECT SLEEP(20) /* bk-reap */")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_running(direct, "bk-reap")
+    side = reaper.SideLink()
+    try:
+        assert reaper.running(side, args, [victim_id, 2**31]) == {victim_id}
+        left, took = reaper.reap(side, args, [victim_id], 10)
+        assert left == set()
+        assert took < 5
+        assert reaper.present(side, args, [victim_id]) == set()
+        assert side.open  # one side connection, kept for the next kill
+    finally:
+        side.close()
+        thread.join(10)
+    assert not side.open
