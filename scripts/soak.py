@@ -102,9 +102,10 @@ def _journaled(c: client.Client, rnd: random.Random, kind: str, uid: str, note) 
             e=type(err).__name__,
             m=str(err)[:200],
             t=time.monotonic() - start,
+            w=time.time(),
         )
         return False
-    note(k=kind, uid=uid, r="ok", v=result, t=time.monotonic() - start)
+    note(k=kind, uid=uid, r="ok", v=result, t=time.monotonic() - start, w=time.time())
     return True
 
 
@@ -282,7 +283,8 @@ def soak(args: argparse.Namespace) -> int:
     }
     next_mysql_kill = start + mysql_every / 2
     next_client_kill = start + rnd.uniform(15, 25)
-    samples_conn: list[int] = []
+    samples_conn: list[tuple[float, int]] = []  # (wall time, connections)
+    outages: list[tuple[float, float]] = []  # (killed, accepting again), wall time
     samples_rss: list[float] = []
     admin = None
     while (now := time.monotonic()) < end:
@@ -293,7 +295,7 @@ def soak(args: argparse.Namespace) -> int:
                 admin = None
         try:
             if (n := _account_connections(admin)) is not None:
-                samples_conn.append(n)
+                samples_conn.append((time.time(), n))
         except pymysql.err.MySQLError:
             admin = None
         if now - start > 20 and (rss := broker.rss_mib()) is not None:
@@ -302,9 +304,11 @@ def soak(args: argparse.Namespace) -> int:
             next_mysql_kill += mysql_every
             faults["mysql_kill"] += 1
             admin = None
+            killed = time.time()
             mysql.kill()
             time.sleep(rnd.uniform(0.5, 2.0))
-            mysql.start()
+            mysql.start()  # returns once the server accepts a connection
+            outages.append((killed, time.time()))
         if now >= next_client_kill:
             next_client_kill = now + rnd.uniform(15, 25)
             victim = rnd.choice(list(clients))
@@ -333,6 +337,7 @@ def soak(args: argparse.Namespace) -> int:
             faults["reload"] += 1
             broker.write(RELOAD_MAX_SIZE)
             broker.signal(signal.SIGHUP)
+            faults["reload_at"] = time.time()
         time.sleep(0.5)
 
     for pid in clients:
@@ -343,7 +348,9 @@ def soak(args: argparse.Namespace) -> int:
         crashed += os.waitstatus_to_exitcode(status) != 0
     broker.signal(signal.SIGTERM)
     broker.proc.wait(60)  # type: ignore[union-attr]
-    ok = _check(mysql, journals, faults, samples_conn, samples_rss, crashed, args)
+    ok = _check(
+        mysql, journals, faults, samples_conn, samples_rss, outages, crashed, args
+    )
     mysql.stop()
     shutil.rmtree(work / "mysql" / "data", ignore_errors=True)  # just disk
     print(f"journals and logs kept in {work}")
@@ -368,8 +375,9 @@ def _check(
     mysql: Sandbox,
     journals: Path,
     faults: dict[str, int],
-    samples_conn: list[int],
+    samples_conn: list[tuple[float, int]],
     samples_rss: list[float],
+    outages: list[tuple[float, float]],
     crashed: int,
     args: argparse.Namespace,
 ) -> bool:
@@ -456,9 +464,24 @@ def _check(
         problems.append(f"account total is {sum(balances.values())}")
     if expected != balances:
         problems.append("balances do not match the recorded transfers")
-    peak = max(samples_conn, default=0)
-    if peak > RELOAD_MAX_SIZE + 1:
-        problems.append(f"{peak} connections of the account at once")
+    reload_at = faults.pop("reload_at", float("inf"))
+    before = max((n for w, n in samples_conn if w < reload_at), default=0)
+    peak = max((n for _, n in samples_conn), default=0)
+    if before > MAX_SIZE + 1 or peak > RELOAD_MAX_SIZE + 1:
+        problems.append(f"{before}/{peak} connections of the account at once")
+    recovery, failed_during = [], []
+    db_kinds = {"insert", "ryw", "transfer", "read", "stream"}
+    for killed, up in outages:
+        oks = [e["w"] for e in entries if e.get("r") == "ok" and e["w"] > up]
+        recovery.append(min(oks, default=up) - up)
+        ends = min(oks, default=up)
+        failed_during.append(
+            sum(
+                1
+                for e in entries
+                if e["k"] in db_kinds and e.get("r") and killed <= e["w"] <= ends
+            )
+        )
 
     print(
         f"soak: {args.duration:.0f} s, {args.clients} clients; faults: MariaDB "
@@ -501,8 +524,16 @@ def _check(
     )
     rss = sorted(samples_rss)
     print(
-        f"peak connections of the account: {peak} (max_size {MAX_SIZE}, "
-        f"{RELOAD_MAX_SIZE} after reload, + 1 KILL connection); broker RSS "
+        "MariaDB outages: first success "
+        + ", ".join(f"{r:.2f}" for r in recovery)
+        + " s after the server accepted connections again; "
+        + ", ".join(map(str, failed_during))
+        + " calls failed per outage (fail-fast, all clients)"
+    )
+    print(
+        f"peak connections of the account: {before} before the reload (max_size "
+        f"{MAX_SIZE}), {peak} after ({RELOAD_MAX_SIZE}), each + 1 KILL connection"
+        "; broker RSS "
         + (f"{rss[0]:.0f}-{rss[-1]:.0f} MiB after warm-up" if rss else "n/a")
     )
     for problem in problems[:20]:
