@@ -107,16 +107,15 @@ class Connector:
 
     def _reap(self, pool: str, connect_args: dict, thread_id: int) -> None:
         args = dict(connect_args, connect_timeout=KILL_CONNECT_TIMEOUT)
+        side = self.sides[pool]
         try:
-            left, took = reaper.reap(
-                self.sides[pool], args, [thread_id], reaper.REAP_TIMEOUT
-            )
+            was_running = bool(reaper.running(side, args, [thread_id]))
+            left, _ = reaper.reap(side, args, [thread_id], reaper.REAP_WAIT)
         except Exception as err:  # the server is away: it closed the connection too
-            self._report(
-                Outcome("reaped", pool, error=err, tag=(thread_id, False, 0.0))
-            )
+            tag = (thread_id, False, False)
+            self._report(Outcome("reaped", pool, error=err, tag=tag))
             return
-        self._report(Outcome("reaped", pool, tag=(thread_id, not left, took)))
+        self._report(Outcome("reaped", pool, tag=(thread_id, not left, was_running)))
 
     def sweep(self, pool: PoolConfig) -> None:
         """Kill what a dead predecessor broker left running on pool's account."""

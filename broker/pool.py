@@ -27,6 +27,7 @@ from typing import Any
 from broker.config import PoolConfig
 from broker.connector import Connector, Outcome
 from broker.metrics import PoolMetrics
+from broker.reaper import REAP_TIMEOUT
 from broker.worker import State, Worker
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ class Pool:
         self._retry_at = 0.0
         self._prompted = 0.0  # when a request last started a connect itself
         self.retired = False  # removed from the config: finish and close
-        self.dying: set[int] = set()  # server thread ids killed, not yet seen gone
+        # Server thread id -> [dropped at, connect args it was opened with,
+        # whether a statement still ran at the first check]: not yet seen gone.
+        self.dying: dict[int, list] = {}
+        self._reaping: set[int] = set()  # ids a connector thread is checking
         self.sweeping = False  # looking for a dead predecessor's connections
 
     @property
@@ -141,13 +145,53 @@ class Pool:
         self._connector.open(self.config)
         return True
 
+    def drop(self, thread_id: int, connect_args: dict) -> None:
+        """Count a connection let go mid-statement until the server has closed it.
+
+        connect_args are those it was opened with: after a reload to another
+        server, its thread id means nothing (or someone else) on the new one.
+        """
+        self.dying[thread_id] = [time.monotonic(), connect_args, None]
+        self._reap(thread_id)
+
+    def _reap(self, thread_id: int) -> None:
+        if thread_id not in self._reaping:
+            self._reaping.add(thread_id)
+            self._connector.reap(self.name, self.dying[thread_id][1], thread_id)
+
+    def retry_reaps(self, now: float) -> None:
+        """Ask again about dropped connections the server still showed (janitor)."""
+        for thread_id, (since, _, _) in list(self.dying.items()):
+            if thread_id in self._reaping:
+                continue
+            if now - since > REAP_TIMEOUT:
+                del self.dying[thread_id]
+                log.warning(
+                    "pool %s: dropped connection %d still on the server after "
+                    "%.0f s; no longer counted",
+                    self.name,
+                    thread_id,
+                    now - since,
+                )
+                self.open_if_needed(now)
+            else:
+                self._reap(thread_id)
+
     def reaper_done(self, outcome: Outcome) -> None:
         """Take the outcome of a reap or the start-up sweep (`broker.reaper`)."""
         if outcome.kind == "swept":
             self.swept(*outcome.tag)
             return
-        thread_id, confirmed, was_running, took = outcome.tag
-        self.dying.discard(thread_id)
+        thread_id, confirmed, was_running = outcome.tag
+        self._reaping.discard(thread_id)
+        entry = self.dying.get(thread_id)
+        if entry is None:
+            return
+        if entry[2] is None:
+            entry[2] = was_running  # later checks see the KILL's own "Killed"
+        if not confirmed and outcome.error is None:
+            return  # still shown: the janitor asks again
+        since, _, was_running = self.dying.pop(thread_id)
         if outcome.error is not None:
             log.warning(
                 "pool %s: cannot confirm dropped connection %d closed: %s",
@@ -155,33 +199,25 @@ class Pool:
                 thread_id,
                 outcome.error,
             )
-        elif confirmed:
+        else:
             self.metrics.dropped_confirmed += 1
             log.info(
                 "pool %s: dropped connection %d confirmed closed on the server "
-                "after %.1f s (KILL CONNECTION); %s",
+                "%.1f s after the drop (KILL CONNECTION); %s",
                 self.name,
                 thread_id,
-                took,
+                time.monotonic() - since,
                 "its statement was still running: MySQL aborted it (rolled back)"
                 if was_running
-                else "its statement had ended before",
-            )
-        else:
-            log.warning(
-                "pool %s: dropped connection %d not confirmed closed within %.0f s",
-                self.name,
-                thread_id,
-                took,
+                else "no statement was running any more",
             )
         self.open_if_needed()
 
     def swept(self, found: list[int], left: set[int], took: float) -> None:
         """Finish the start-up sweep: count what still lingers, then open."""
         self.sweeping = False
-        self.dying |= left
-        for thread_id in left:  # still closing: confirm them as dropped ones
-            self._connector.reap(self.name, self.config.connect_args(), thread_id)
+        for thread_id in left:  # still closing: count and confirm them as dropped
+            self.drop(thread_id, self.config.connect_args())
         if found:
             self.metrics.predecessor_killed += len(found) - len(left)
             log.warning(

@@ -33,7 +33,8 @@ from typing import Any
 import pymysql
 
 SIDE_IDLE = 10.0  # s a side connection stays open unused, for cancels in a burst
-REAP_TIMEOUT = 30.0  # s to wait for the server to close a killed connection
+REAP_WAIT = 1.0  # s one check waits for a killed connection to go (in a thread)
+REAP_TIMEOUT = 30.0  # s the pool keeps asking (each janitor pass), then gives up
 SWEEP_TIMEOUT = 10.0  # s a starting pool waits for a predecessor's connections
 POLL = 0.05  # s between PROCESSLIST checks
 _TAG = re.compile(rb"/\* mysql-broker (\S+) (\d+) \*/")

@@ -1355,10 +1355,7 @@ class Server:
 
     def _drop(self, worker: Worker, reason: str) -> None:
         """Drop a connection whose statement would not stop; it counts until gone."""
-        worker.pool.dying.add(worker.thread_id)
-        self.connector.reap(
-            worker.pool.name, worker.config.connect_args(), worker.thread_id
-        )
+        worker.pool.drop(worker.thread_id, worker.config.connect_args())
         worker.lost(reason)
 
     def _tick(self, now: float) -> None:
@@ -1441,6 +1438,8 @@ class Server:
                     self._close_stream(pin, reason)
                 else:
                     self._unpin(pin, reason, reset=True)
+        for pool in self.pools.values():
+            pool.retry_reaps(now)
         self.connector.close_idle_sides()
         if self._exporter is not None:
             self._exporter.update(self.stats())

@@ -7,6 +7,7 @@ stopped broker's socket. The row count on the server is the judge.
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -18,6 +19,9 @@ import pytest
 
 import client
 from broker import reaper
+from broker.config import PoolConfig
+from broker.connector import Connector
+from broker.pool import Pool
 from client import aio
 
 SLOW_INSERT = "INSERT INTO t SELECT 1 FROM (SELECT SLEEP(0.5)) AS s /* bk-lost */"
@@ -371,3 +375,47 @@ def test_reaper_kills_a_running_connection_and_confirms_it_gone(
         side.close()
         thread.join(10)
     assert not side.open
+
+
+@pytest.mark.timeout(60)
+def test_dropped_connection_counts_against_the_pool_until_seen_gone(
+    mysql_server, database, direct
+):
+    cfg = PoolConfig(
+        name="default",
+        dsn=mysql_server.dsn(user=mysql_server.user, database=database),
+        password=mysql_server.password,
+        max_size=2,
+        min_size=0,
+    )
+    wake_r, wake_w = os.pipe()
+    connector = Connector(wake_w)
+    pool = Pool(cfg, connector)
+    victim = pymysql.connect(**cfg.connect_args())
+
+    def run() -> None:
+        with contextlib.suppress(pymysql.err.MySQLError), victim.cursor() as cur:
+            cur.execute("SELECT SLEEP(20) /* bk-drop */")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        _wait_running(direct, "bk-drop")
+        pool.drop(victim.thread_id(), cfg.connect_args())
+        assert pool.size == 1  # counted while the server may still hold it
+        deadline = time.monotonic() + 10
+        while pool.dying and time.monotonic() < deadline:
+            os.read(wake_r, 64)
+            while connector.results:
+                pool.reaper_done(connector.results.popleft())
+            pool.retry_reaps(time.monotonic())
+        assert pool.size == 0
+        assert pool.metrics.dropped_confirmed == 1
+        assert (
+            reaper.present(connector.sides["default"], cfg.connect_args(), [1]) == set()
+        )
+    finally:
+        thread.join(10)
+        connector.shutdown()
+        os.close(wake_r)
+        os.close(wake_w)
