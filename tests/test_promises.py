@@ -75,10 +75,12 @@ def _in_thread(fn) -> tuple[threading.Thread, list]:
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
 def test_write_the_broker_read_then_lost_is_outcome_unknown(make_broker, direct, fault):
     b = make_broker(max_size=1)
-    c = b.client(timeout=1)
+    c = b.client(timeout=10)
     c.query("CREATE TABLE t (a INT)")
+    # SIGKILL: a timeout long enough to tell "noticed" from "waited out".
+    timeout = 5 if fault == "SIGKILL" else 1
     start = time.monotonic()
-    thread, out = _in_thread(lambda: c.query(SLOW_INSERT, timeout=1))
+    thread, out = _in_thread(lambda: c.query(SLOW_INSERT, timeout=timeout))
     try:
         _wait_running(direct, "bk-lost")
         b.signal(getattr(signal, fault))
@@ -96,7 +98,7 @@ def test_write_the_broker_read_then_lost_is_outcome_unknown(make_broker, direct,
     stated = float(re.search(r"after (\d+\.\d) s", err.msg).group(1))
     assert abs(stated - elapsed) < 0.5  # the time it took, not timeout + GRACE
     if fault == "SIGKILL":
-        assert elapsed < 2.5  # the closed socket is noticed, not waited out
+        assert elapsed < 4  # the closed socket is noticed, not waited out (7 s)
     else:
         assert 2.5 < elapsed < 8  # timeout + GRACE
 
@@ -206,7 +208,7 @@ def test_request_after_mysql_returns_connects_at_once(make_broker, faulty_mysql)
     faulty_mysql.admin().close()  # the server accepts connections again
     start = time.monotonic()
     assert c.query("SELECT 2").scalar() == 2  # no back-off wait, no stale error
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 4  # well inside its timeout
     assert c.stats()["pools"]["default"]["connect_failures"] >= 3
 
 
