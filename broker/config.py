@@ -195,6 +195,10 @@ class PoolConfig:
     query_timeout: float = 30.0  # live
     transaction_idle_timeout: float = 60.0  # live
     max_pins_per_client: int = 8  # live; see broker.pinlimit; 0 = no cap
+    # live; how long a cancelled statement may take to stop before its
+    # connection is dropped. Above the client's 2 s GRACE a cancelled write's
+    # caller may give up first and hear OutcomeUnknown.
+    kill_grace: float = 1.5
     read_only: bool = False  # new connections; SET SESSION TRANSACTION READ ONLY
     allowed_keys: tuple[str, ...] = ()  # live; tcp client public keys (z85); () = all
     replicas: tuple[str, ...] = ()  # restart; DSNs of read-only copies of dsn's server
@@ -231,6 +235,7 @@ class PoolConfig:
             "max_lifetime": lambda k, v: _seconds(k, v, positive=True),
             "query_timeout": lambda k, v: _seconds(k, v, positive=True),
             "transaction_idle_timeout": lambda k, v: _seconds(k, v, positive=True),
+            "kill_grace": lambda k, v: _seconds(k, v, positive=True),
             "init_sql": _strings,
             "read_only": _bool,
             "allowed_keys": _strings,

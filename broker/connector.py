@@ -1,4 +1,4 @@
-"""Blocking MySQL work kept off the I/O thread: opening connections, KILL QUERY.
+"""Blocking MySQL work kept off the I/O thread: opening connections, KILLs.
 
 Opening a connection (TCP, handshake, auth, init_sql) takes milliseconds when
 the server is up and up to ``connect_timeout`` when it is not; the I/O loop
@@ -21,6 +21,7 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT, ER
 
+from broker import reaper
 from broker.config import PoolConfig
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,11 @@ TRACK_GTID = "SET SESSION session_track_system_variables = 'last_gtid'"
 class Outcome:
     """What a piece of blocking work came to, read by the I/O loop."""
 
-    kind: str  # "open", "kill", or "check" (a replica's lag check)
+    kind: str  # "open", "kill", "check" (a replica's lag check), "reaped" or "swept"
     pool: str
     conn: pymysql.connections.Connection | None = None
     error: Exception | None = None
-    tag: Any = None  # the kill's worker, to release it when both are done
+    tag: Any = None  # the kill's worker; what a reap or sweep found
 
 
 def setup_statements(pool: PoolConfig) -> list[str]:
@@ -71,6 +72,9 @@ class Connector:
         self._wake_fd = wake_fd
         self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="connector")
         self.results: collections.deque[Outcome] = collections.deque()
+        self.sides: dict[str, reaper.SideLink] = collections.defaultdict(
+            reaper.SideLink
+        )
 
     def report(self, outcome: Outcome) -> None:
         """Hand an outcome to the I/O loop and wake it; safe from any thread."""
@@ -101,23 +105,58 @@ class Connector:
         self.report(Outcome("open", pool.name, conn=conn, tag=pool))
 
     def kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
-        """Run KILL QUERY for thread_id from a short-lived extra connection."""
+        """Run KILL QUERY for thread_id on the pool's one side connection."""
         self._executor.submit(self._kill, pool, connect_args, thread_id, tag)
 
     def _kill(self, pool: str, connect_args: dict, thread_id: int, tag: Any) -> None:
         args = dict(connect_args, connect_timeout=KILL_CONNECT_TIMEOUT)
         try:
-            conn = pymysql.connect(**args, autocommit=True)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f"KILL QUERY {int(thread_id)}")
-            finally:
-                conn.close()
+            self.sides[pool].run(args, f"KILL QUERY {int(thread_id)}")
         except Exception as err:  # reported; the loop closes the worker instead
             self.report(Outcome("kill", pool, error=err, tag=tag))
             return
         self.report(Outcome("kill", pool, tag=tag))
 
+    def reap(self, pool: str, connect_args: dict, thread_id: int) -> None:
+        """KILL CONNECTION a dropped connection and report once the server closed it."""
+        self._executor.submit(self._reap, pool, connect_args, thread_id)
+
+    def _reap(self, pool: str, connect_args: dict, thread_id: int) -> None:
+        args = dict(connect_args, connect_timeout=KILL_CONNECT_TIMEOUT)
+        side = self.sides[pool]
+        try:
+            was_running = bool(reaper.running(side, args, [thread_id]))
+            left, _ = reaper.reap(side, args, [thread_id], reaper.REAP_WAIT)
+        except Exception as err:  # the server is away: it closed the connection too
+            tag = (thread_id, False, False)
+            self._report(Outcome("reaped", pool, error=err, tag=tag))
+            return
+        self._report(Outcome("reaped", pool, tag=(thread_id, not left, was_running)))
+
+    def sweep(self, pool: PoolConfig) -> None:
+        """Kill what a dead predecessor broker left running on pool's account."""
+        self._executor.submit(self._sweep, pool)
+
+    def _sweep(self, pool: PoolConfig) -> None:
+        side = self.sides[pool.name]
+        try:
+            args = dict(pool.connect_args(), connect_timeout=KILL_CONNECT_TIMEOUT)
+            found = reaper.predecessors(side, args)
+            left, took = reaper.reap(side, args, found, reaper.SWEEP_TIMEOUT)
+        except Exception as err:  # unreachable: the pool's own connects will say so
+            self._report(Outcome("swept", pool.name, error=err, tag=([], set(), 0.0)))
+            return
+        finally:
+            side.close()  # kills may never come: do not hold a connection for them
+        self._report(Outcome("swept", pool.name, tag=(found, left, took)))
+
+    def close_idle_sides(self) -> None:
+        """Close side connections unused for reaper.SIDE_IDLE (never blocks)."""
+        for side in self.sides.values():
+            side.close(reaper.SIDE_IDLE)
+
     def shutdown(self) -> None:
         """Stop taking work; threads finish what they run (bounded by timeouts)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for side in self.sides.values():
+            side.close()

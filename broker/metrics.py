@@ -32,6 +32,10 @@ class PoolMetrics:
         self.sql_errors = 0  # MySQL error packets forwarded
         self.query_timeouts = 0
         self.pool_timeouts = 0
+        self.expired_unread = 0  # read after the client's deadline: never started
+        self.slow_kills = 0  # KILL QUERY answered after more than kill_grace
+        self.dropped_confirmed = 0  # dropped mid-statement, then seen gone
+        self.predecessor_killed = 0  # a dead broker's statements killed at start
         self.opened = 0  # connections opened, first ones included
         self.connect_failures = 0
         self.lost = 0  # connections that died under or between requests

@@ -2,12 +2,18 @@
 
 A worker is idle (in `_idle`), busy with exactly one request, pinned to one
 client's transaction, session or stream, or resetting. `size` counts every
-live worker plus those being opened and never exceeds ``max_size``.
+live worker, those being opened, and connections the server still holds for
+us after we let go (`dying`: dropped mid-statement, or left by a dead
+predecessor, until PROCESSLIST confirms them gone); it never exceeds
+``max_size``. The pool's one side connection for KILLs (`broker.reaper`) is
+the only connection beyond it.
 
 When no worker is idle a request waits in `_queue` (bounded) until one frees,
 its queue_timeout passes (PoolTimeout) or its deadline passes (QueryTimeout,
 never sent). While the server is unreachable and the pool holds no worker,
-requests fail at once with the connect error: nothing piles up.
+requests fail at once with the connect error: nothing piles up; except that
+a request arriving when no connect is under way starts one at once, whatever
+the back-off, and waits for it (`connect_now`).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.config import PoolConfig
-from broker.connector import Connector, is_auth_failure
+from broker.connector import Connector, Outcome, is_auth_failure
 from broker.metrics import PoolMetrics
+from broker.reaper import REAP_TIMEOUT
 from broker.worker import State, Worker
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,10 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 10000  # waiting requests per pool; beyond it a request is refused at once
 BACKOFF_FIRST = 0.1  # seconds before retrying a failed connect, doubling ...
 BACKOFF_MAX = 5.0  # ... up to this
+# A request for a pool with no connection starts a connect at once, back-off
+# aside, at most this often: a returning server is used within ~0.1 s, and an
+# absent one costs a refused connect per 0.1 s however many requests come.
+PROMPT_EVERY = 0.1
 
 
 class Pool:
@@ -48,12 +59,18 @@ class Pool:
         self.last_error: Exception | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
+        self._prompted = 0.0  # when a request last started a connect itself
         self.retired = False  # removed from the config: finish and close
+        # Server thread id -> [dropped at, connect args it was opened with,
+        # whether a statement still ran at the first check]: not yet seen gone.
+        self.dying: dict[int, list] = {}
+        self._reaping: set[int] = set()  # ids a connector thread is checking
+        self.sweeping = False  # looking for a dead predecessor's connections
 
     @property
     def size(self) -> int:
         """Live workers plus those being opened: what counts against max_size."""
-        return len(self.workers) + self.opening
+        return len(self.workers) + self.opening + len(self.dying)
 
     @property
     def idle(self) -> int:
@@ -102,7 +119,7 @@ class Pool:
 
     def open_if_needed(self, now: float | None = None) -> None:
         """Start opening connections up to min_size, or for waiting requests."""
-        if self.retired:
+        if self.retired or self.sweeping:
             return
         now = time.monotonic() if now is None else now
         if now < self._retry_at:
@@ -116,6 +133,107 @@ class Pool:
         ):
             self.opening += 1
             self._connector.open(self.config)
+
+    def connect_now(self, now: float) -> bool:
+        """Start a connect for a request to a failing pool; whether one is under way.
+
+        The back-off paces the broker's own retries; a caller waiting now is
+        worth one attempt at once (bounded by PROMPT_EVERY and one at a time),
+        so service resumes as soon as the server accepts connections.
+        """
+        if self.opening:
+            return True
+        if self.retired or now - self._prompted < PROMPT_EVERY:
+            return False
+        self._prompted = now
+        self.opening += 1
+        self._connector.open(self.config)
+        return True
+
+    def drop(self, thread_id: int, connect_args: dict) -> None:
+        """Count a connection let go mid-statement until the server has closed it.
+
+        connect_args are those it was opened with: after a reload to another
+        server, its thread id means nothing (or someone else) on the new one.
+        """
+        self.dying[thread_id] = [time.monotonic(), connect_args, None]
+        self._reap(thread_id)
+
+    def _reap(self, thread_id: int) -> None:
+        if thread_id not in self._reaping:
+            self._reaping.add(thread_id)
+            self._connector.reap(self.name, self.dying[thread_id][1], thread_id)
+
+    def retry_reaps(self, now: float) -> None:
+        """Ask again about dropped connections the server still showed (janitor)."""
+        for thread_id, (since, _, _) in list(self.dying.items()):
+            if thread_id in self._reaping:
+                continue
+            if now - since > REAP_TIMEOUT:
+                del self.dying[thread_id]
+                log.warning(
+                    "pool %s: dropped connection %d still on the server after "
+                    "%.0f s; no longer counted",
+                    self.name,
+                    thread_id,
+                    now - since,
+                )
+                self.open_if_needed(now)
+            else:
+                self._reap(thread_id)
+
+    def reaper_done(self, outcome: Outcome) -> None:
+        """Take the outcome of a reap or the start-up sweep (`broker.reaper`)."""
+        if outcome.kind == "swept":
+            self.swept(*outcome.tag)
+            return
+        thread_id, confirmed, was_running = outcome.tag
+        self._reaping.discard(thread_id)
+        entry = self.dying.get(thread_id)
+        if entry is None:
+            return
+        if entry[2] is None:
+            entry[2] = was_running  # later checks see the KILL's own "Killed"
+        if not confirmed and outcome.error is None:
+            return  # still shown: the janitor asks again
+        since, _, was_running = self.dying.pop(thread_id)
+        if outcome.error is not None:
+            log.warning(
+                "pool %s: cannot confirm dropped connection %d closed: %s",
+                self.name,
+                thread_id,
+                outcome.error,
+            )
+        else:
+            self.metrics.dropped_confirmed += 1
+            log.info(
+                "pool %s: dropped connection %d confirmed closed on the server "
+                "%.1f s after the drop (KILL CONNECTION); %s",
+                self.name,
+                thread_id,
+                time.monotonic() - since,
+                "its statement was still running: MySQL aborted it (rolled back)"
+                if was_running
+                else "no statement was running any more",
+            )
+        self.open_if_needed()
+
+    def swept(self, found: list[int], left: set[int], took: float) -> None:
+        """Finish the start-up sweep: count what still lingers, then open."""
+        self.sweeping = False
+        for thread_id in left:  # still closing: count and confirm them as dropped
+            self.drop(thread_id, self.config.connect_args())
+        if found:
+            self.metrics.predecessor_killed += len(found) - len(left)
+            log.warning(
+                "pool %s: killed %d connections a dead broker left running "
+                "(%d still closing after %.1f s)",
+                self.name,
+                len(found),
+                len(left),
+                took,
+            )
+        self.open_if_needed()
 
     def opened(self, worker: Worker) -> None:
         """Adopt a newly opened worker."""
@@ -181,6 +299,10 @@ class Pool:
             "pipeline_depth": self.config.pipeline_depth,
             "size": len(self.workers),
             "opening": self.opening,
+            "dying": len(self.dying),
+            "side_connection": self._connector.sides[self.name].open
+            if self.name in self._connector.sides
+            else False,
             "idle": states["idle"],
             "busy": states["busy"] + states["resetting"],
             "pinned": states["pinned"],

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.ipc import Peer
 from client.pinned import ISOLATION_LEVELS
-from client.protocol import Op
+from client.protocol import Op, seconds_left
 
 if TYPE_CHECKING:
     from broker.pool import Pool
@@ -68,6 +68,20 @@ class Request:
         self.replies: list[bytes] = []
         self.steps: list[bytes] = []
         self.served_by: str | None = None  # a replica op's server, told in the reply
+
+
+def start_by(req: Request, deadline: list[float] | None, same_host: bool) -> bool:
+    """Bound req's deadline by the one its client sent; False when already past.
+
+    The client's own deadline runs from when it sent the request, ours from
+    when we read it: a request that sat unread in a stopped broker's socket
+    must not start later than its caller was prepared to wait for it.
+    """
+    if deadline is None:
+        return True  # protocol version 1: the deadline starts here
+    left = seconds_left(deadline, same_host)
+    req.deadline = min(req.deadline, req.received + left)
+    return left > 0
 
 
 class Pin:

@@ -38,7 +38,12 @@ from broker.config import (
     keep_restart_keys,
     needs_restart,
 )
-from broker.connector import Connector, Outcome, setup_statements
+from broker.connector import (
+    KILL_CONNECT_TIMEOUT,
+    Connector,
+    Outcome,
+    setup_statements,
+)
 from broker.ipc import (
     Listener,
     Peer,
@@ -53,7 +58,14 @@ from broker.pinlimit import OPENS_PIN, PinLimits, effective_cap
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import MAX_QUEUE, Pool
 from broker.readsplit import ReadSplit
-from broker.request import PeerId, Pin, Request, begin_statements, check_body
+from broker.request import (
+    PeerId,
+    Pin,
+    Request,
+    begin_statements,
+    check_body,
+    start_by,
+)
 from broker.scanner import IN_TRANS
 from broker.systemd import Notifier
 from broker.worker import (
@@ -83,9 +95,6 @@ log = logging.getLogger(__name__)
 TICK = 0.02  # seconds between deadline checks: the precision of timeouts
 JANITOR_EVERY = 0.5  # seconds between upkeep passes (recycling, idle pins)
 PING_AFTER_IDLE = 5.0  # health-check a connection idle longer than this before use
-# A cancelled statement still running after this: drop the connection. Below the
-# client's GRACE, so a write's caller hears the outcome before giving up.
-KILL_GRACE = 1.5
 # Pipeline a read only behind one sent this recently: one that has run longer
 # may be slow, and whatever waits behind it on its connection waits as long.
 PIPELINE_WINDOW = 0.002
@@ -277,9 +286,14 @@ class Server:
         )
 
     def start_pools(self) -> None:
-        """Open every pool's min_size connections in the background."""
+        """Open every pool's min_size connections in the background.
+
+        First each pool kills what a dead predecessor left running on its
+        account (`broker.reaper`), so the two never hold more than max_size.
+        """
         for pool in self.pools.values():
-            pool.open_if_needed()
+            pool.sweeping = True
+            self.connector.sweep(pool.config)
         self.readsplit.start()
 
     def _all_pools(self) -> list[Pool]:
@@ -435,7 +449,7 @@ class Server:
             )
             return
         try:
-            req_id, op, pool_name, timeout, pin, body = decode_request(frame)
+            req_id, op, pool_name, timeout, pin, body, until = decode_request(frame)
         except ProtocolError as err:
             self._refuse(peer, frame, str(err))
             return
@@ -477,6 +491,9 @@ class Server:
         limit = pool.config.query_timeout if pool is not None else timeout
         req.timeout = min(timeout, limit)
         req.deadline = req.received + req.timeout
+        if not start_by(req, until, type(peer) is Peer) and pool is not None:
+            self._expired_unread(req)
+            return
         problem = check_body(op, pin, body)
         if problem:
             self._fail(req, errors.InterfaceError(errors.ER_BAD_REQUEST, problem))
@@ -493,6 +510,24 @@ class Server:
             self._op_pinned(req)
         else:
             self._handlers[op](req)
+
+    def _expired_unread(self, req: Request) -> None:
+        """Refuse a request read after its client's deadline: never start it."""
+        req.pool.metrics.expired_unread += 1
+        log.debug(  # a stopped broker wakes to many: the counter tells it
+            "pool %s: request %d of op %s read after its caller's deadline; not run",
+            req.pool.name,
+            req.req_id,
+            Op(req.op).name,
+        )
+        self._fail(
+            req,
+            errors.QueryTimeout(
+                errors.ER_QUERY_TIMEOUT,
+                "the request's deadline passed before the broker read it "
+                "(was the broker stopped?); the statement was not run",
+            ),
+        )
 
     def _count_in(self, req: Request) -> bool:
         """Count a request against its client's in-flight limit; refuse the excess."""
@@ -655,8 +690,10 @@ class Server:
             )
             return
         if pool.failing:
+            if pool.connect_now(time.monotonic()):
+                pool.queue.append(req)  # answered by the connect's outcome
+                return
             self._fail(req, _database_error(pool.last_error))  # type: ignore[arg-type]
-            pool.open_if_needed()
             return
         worker = pool.check_out()
         if worker is not None:
@@ -1296,7 +1333,7 @@ class Server:
             return
         worker.cancelling = True
         worker.cancel_started = now
-        worker.deadline = 0.0  # one KILL per statement; KILL_GRACE covers the rest
+        worker.deadline = 0.0  # one KILL per statement; kill_grace covers the rest
         for piped in worker.piped:
             piped.bystander = True  # the KILL may land on it if the head just ended
         pin = worker.pin
@@ -1314,7 +1351,7 @@ class Server:
             why = reason or f"deadline of {req.timeout:.3f} s passed"
             if _may_write(req):
                 # Whether it was applied is known once MySQL answers: the reply
-                # waits for that (bounded by KILL_GRACE), never guesses.
+                # waits for that (bounded by kill_grace), never guesses.
                 req.cancelled = why
             else:
                 worker.request = None
@@ -1344,11 +1381,27 @@ class Server:
                 worker.thread_id,
                 outcome.error,
             )
-            worker.lost("could not cancel its statement")
+            self._drop(worker, "could not cancel its statement")
             return
+        took = time.monotonic() - worker.cancel_started
+        if took > worker.pool.config.kill_grace:
+            worker.pool.metrics.slow_kills += 1
+            log.info(
+                "pool %s: KILL QUERY %d took %.1f s",
+                worker.pool.name,
+                worker.thread_id,
+                took,
+            )
         if not worker.running:
             worker.dirty = worker.dirty or worker.pin is None
             self._after_command(worker)
+        else:
+            worker.cancel_started = time.monotonic()  # kill_grace from here
+
+    def _drop(self, worker: Worker, reason: str) -> None:
+        """Drop a connection whose statement would not stop; it counts until gone."""
+        worker.pool.drop(worker.thread_id, worker.config.connect_args())
+        worker.lost(reason)
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK
@@ -1364,8 +1417,13 @@ class Server:
                 )
         for worker in list(self._workers.values()):
             if worker.cancel_started and (worker.cancelling or worker.running):
-                if now - worker.cancel_started > KILL_GRACE and not worker.paused:
-                    worker.lost("cancelled statement did not stop")
+                # The grace runs from MySQL's answer to the KILL: a slow KILL
+                # must not turn a statement it does stop into OutcomeUnknown.
+                grace = worker.pool.config.kill_grace
+                if worker.cancelling:
+                    grace += KILL_CONNECT_TIMEOUT
+                if now - worker.cancel_started > grace and not worker.paused:
+                    self._drop(worker, "cancelled statement did not stop")
             elif worker.deadline and now >= worker.deadline and worker.running:
                 self._cancel(worker, now)
             for piped in worker.piped:
@@ -1427,6 +1485,9 @@ class Server:
                     self._close_stream(pin, reason)
                 else:
                     self._unpin(pin, reason, reset=True)
+        for pool in self.pools.values():
+            pool.retry_reaps(now)
+        self.connector.close_idle_sides()
         if self._loop_slot is not None:
             self._loop_slot.publish(self._own_stats())
         if self._exporter is not None:
@@ -1460,8 +1521,10 @@ class Server:
                 self._killed(outcome)
             elif outcome.kind == "check":
                 self.readsplit.checked(outcome)
-            else:
+            elif outcome.kind == "open":
                 self._opened(outcome)
+            elif (pool := self.pools.get(outcome.pool)) is not None:
+                pool.reaper_done(outcome)
 
     def _opened(self, outcome: Outcome) -> None:
         pool = self.readsplit.pool_for(outcome.tag) or self.pools.get(outcome.pool)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import re
 
-READS = frozenset(
-    {b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"}
-)
+from client.protocol import READ_KEYWORDS as READS  # the client judges lost replies
+
 # Statements that leave nothing in the session unless they mention a variable
 # or a lock: plain reads and plain DML.
 CLEAN = READS | frozenset({b"INSERT", b"UPDATE", b"DELETE", b"REPLACE", b"DO"})

@@ -29,6 +29,7 @@ from typing import Any
 import pymysql
 
 from broker.poller import POLLIN, POLLOUT, Poller
+from broker.reaper import statement_tag
 from broker.scanner import SESSION_STATE_CHANGED, Scanner
 from client import errors
 
@@ -63,6 +64,7 @@ class Worker:
     ) -> None:
         self.pool_name = pool_name
         self._poller = poller
+        self._tag = COM_QUERY + statement_tag()  # who sent it, in PROCESSLIST
         self._conn = conn  # keeps pymysql's objects, and so the socket, alive
         self.sock: socket.socket = conn._sock
         self.sock.setblocking(False)
@@ -127,6 +129,8 @@ class Worker:
         reading pauses until `resume`; ``scanner.done`` tells the last chunk.
         """
         assert self._done is None, f"{self} already runs a command"  # noqa: S101
+        if command[:1] == COM_QUERY:
+            command = self._tag + memoryview(command)[1:]
         length = len(command)
         if length < _MAX_PACKET_LEN:
             packet = length.to_bytes(3, "little") + b"\x00" + command
@@ -153,6 +157,7 @@ class Worker:
         assert self._done is not None, f"{self} runs no command"  # noqa: S101
         self.piped.append(req)
         self.uses += 1
+        command = self._tag + memoryview(command)[1:]
         self._out += len(command).to_bytes(3, "little") + b"\x00" + command
         self.flush()
 

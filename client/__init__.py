@@ -27,6 +27,7 @@ from client.errors import (
     PoolTimeout,
     ProgrammingError,
     QueryTimeout,
+    ReplyLost,
     Warning,
 )
 from client.pinned import Session, Stream, Transaction
@@ -49,6 +50,7 @@ __all__ = [
     "PoolTimeout",
     "ProgrammingError",
     "QueryTimeout",
+    "ReplyLost",
     "Result",
     "Session",
     "Stream",

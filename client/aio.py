@@ -14,7 +14,8 @@
 
 Results, errors and timeouts are the synchronous client's: the same `Result`,
 the same exception classes, the broker's deadline from ``timeout=`` and
-`BrokerUnavailable` when no reply comes within it plus `GRACE`. Cancelling
+`BrokerUnavailable` (`ReplyLost` for a write the broker may have run) when no
+reply comes within it plus `GRACE`. Cancelling
 the task that awaits a statement cancels the statement: the client sends
 ``Op.CANCEL`` with its request id on the same connection, the broker stops
 it (``KILL QUERY`` when it runs) and frees the MySQL connection, and the task
@@ -56,7 +57,7 @@ import pymysql
 import zmq
 import zmq.asyncio
 
-from client import errors, protocol, zmtp
+from client import errors, outcome, protocol, zmtp
 from client.api import DEFAULT_TIMEOUT, Params
 from client.packets import Codec, weak_refill
 from client.pinned import check_isolation
@@ -145,6 +146,15 @@ class _Link:
         """Send a frame without waiting, or drop it: for cancel and cleanup."""
         raise NotImplementedError
 
+    def unread(self, end: int) -> bool:
+        """Whether the broker provably never read the frame that ended at end."""
+        return False  # libzmq took the frame: nothing more can be known
+
+    @property
+    def written(self) -> int:
+        """Bytes queued on this link so far: where the last frame ends."""
+        return 0
+
     def close(self, err: BaseException | None = None) -> None:
         """Drop the connection; requests waiting on it fail with err."""
         raise NotImplementedError
@@ -169,6 +179,8 @@ class _UnixLink(_Link):
         self.fd = sock.fileno()
         self._reader = zmtp.FrameReader(MAX_REPLY_BYTES)
         self._out = bytearray()
+        self._handed = 0  # bytes the kernel took; the rest wait in _out
+        self._reset = False  # closed by ECONNRESET: the broker left our bytes unread
         self._stage = 0  # 0: greeting expected, 1: READY expected, 2: replies
         self.ready: asyncio.Future = loop.create_future()
         loop.add_reader(self.fd, self._on_readable)
@@ -246,6 +258,7 @@ class _UnixLink(_Link):
         except OSError as err:
             self._lost(err)
             raise _LinkLost(str(err)) from err
+        self._handed += sent
         if sent < len(data):
             self._out += data[sent:]
             self.loop.add_writer(self.fd, self._on_writable)
@@ -259,6 +272,7 @@ class _UnixLink(_Link):
             self._lost(err)
             return
         del self._out[:sent]
+        self._handed += sent
         if not self._out:
             self.loop.remove_writer(self.fd)
 
@@ -273,8 +287,27 @@ class _UnixLink(_Link):
         except _LinkLost:
             pass  # no connection: the broker already freed what it held for us
 
+    @property
+    def written(self) -> int:
+        """Bytes queued on this link so far: where the last frame ends."""
+        return self._handed + len(self._out)
+
+    def unread(self, end: int) -> bool:
+        """Whether the broker provably never read the frame that ended at end.
+
+        True while the frame's tail is still in our buffer; and when it was the
+        last thing the kernel took and the broker left it unread (see
+        `client.outcome`). Frames of other tasks behind it hide the proof.
+        """
+        if end > self._handed:
+            return True
+        if end != self._handed:
+            return False
+        return self._reset or (not self.closed and outcome.unread_bytes(self.sock) > 0)
+
     def _lost(self, err: BaseException) -> None:
         if not self.closed:
+            self._reset = outcome.reset_by_peer(err)
             self.close(err)
 
     def close(self, err: BaseException | None = None) -> None:
@@ -540,12 +573,20 @@ class Client:
         self._links[loop] = link
         return link
 
-    def _unavailable(self, wait: float, why: str = "") -> errors.BrokerUnavailable:
+    def _unavailable(
+        self, op: int, body: Any, start: float, *, sent: bool, unread: bool, why: str
+    ) -> errors.Error:
+        """Return the error for a request that got no reply (see client.outcome)."""
         self._info = self._hello = None  # a restarted broker may serve another config
         self._codecs = {}
-        msg = f"no reply from the broker at {self.endpoint} within {wait:.1f} s"
-        return errors.BrokerUnavailable(
-            errors.ER_BROKER_UNAVAILABLE, msg + (f" ({why})" if why else "")
+        return outcome.no_reply(
+            self.endpoint,
+            op,
+            body,
+            time.monotonic() - start,
+            sent=sent,
+            unread=unread,
+            why=why,
         )
 
     async def _call(
@@ -571,14 +612,11 @@ class Client:
         wait = self.timeout if timeout is None else float(timeout)
         if not wait > 0:
             raise errors.InterfaceError(0, f"timeout must be > 0, got {timeout!r}")
-        deadline = time.monotonic() + wait + GRACE
-        try:
-            link = await self._link(deadline)
-        except (TimeoutError, _LinkLost, OSError, zmtp.ZmtpError) as err:
-            raise self._unavailable(wait + GRACE, str(err)) from None
-        info = self._info
+        start = time.monotonic()
+        sent_by, deadline = start + wait, start + wait + GRACE
         frame_id = next(self._ids)
         frame = protocol.encode_request(frame_id, op, self.pool, wait, pin, body)
+        info = self._info
         limit = info[protocol.INFO_MAX_MESSAGE_BYTES] if info else None
         if limit is not None and len(frame) > limit:
             raise errors.InterfaceError(
@@ -586,25 +624,38 @@ class Client:
                 f"request of {len(frame)} bytes exceeds the broker's "
                 f"max_message_bytes ({limit})",
             )
-        future = link.loop.create_future()
-        link.pending[frame_id] = future
-        sent = False
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                await link.send(frame)
-                sent = True
-                status, reply = await future
-        except TimeoutError:
-            raise self._unavailable(wait + GRACE) from None
-        except _LinkLost as err:
-            raise self._unavailable(wait + GRACE, str(err)) from None
-        except asyncio.CancelledError:
-            if sent:
-                self._cancelled(link, frame_id, future, late)
-            raise
-        finally:
-            if link.pending.get(frame_id) is future:
-                del link.pending[frame_id]
+        while True:  # again only for a request that provably never reached a broker
+            try:
+                link = await self._link(sent_by)
+            except (TimeoutError, _LinkLost, OSError, zmtp.ZmtpError) as err:
+                raise self._unavailable(
+                    op, body, start, sent=False, unread=False, why=str(err)
+                ) from None
+            future = link.loop.create_future()
+            link.pending[frame_id] = future
+            sent, end = False, 0
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    await link.send(frame)
+                    sent, end = True, link.written
+                    status, reply = await future
+                break
+            except (TimeoutError, _LinkLost) as err:
+                unread = sent and link.unread(end)
+                lost = isinstance(err, _LinkLost)
+                if lost and (unread or not sent) and time.monotonic() < sent_by:
+                    await asyncio.sleep(CONNECT_RETRY)  # a restart: try its successor
+                    continue
+                raise self._unavailable(
+                    op, body, start, sent=sent, unread=unread, why=str(err)
+                ) from None
+            except asyncio.CancelledError:
+                if sent:
+                    self._cancelled(link, frame_id, future, late)
+                raise
+            finally:
+                if link.pending.get(frame_id) is future:
+                    del link.pending[frame_id]
         if status == expect:
             return reply
         if status == Status.ERROR:

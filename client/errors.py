@@ -82,6 +82,14 @@ class OutcomeUnknown(OperationalError):
     """The connection died after a write was sent: it may or may not have run."""
 
 
+class ReplyLost(OutcomeUnknown, BrokerUnavailable):
+    """A write reached the broker and no reply came: it may or may not have run.
+
+    Both classes at once: code that catches `BrokerUnavailable` keeps working,
+    and code that must not run a write twice can catch `OutcomeUnknown`.
+    """
+
+
 _CLASSES: dict[str, type[Error]] = {
     cls.__name__: cls
     for cls in (
@@ -98,6 +106,7 @@ _CLASSES: dict[str, type[Error]] = {
         PoolTimeout,
         QueryTimeout,
         OutcomeUnknown,
+        ReplyLost,
     )
 }
 

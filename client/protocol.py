@@ -6,7 +6,7 @@ strips the peer's routing id frame).
 
 Request, client to broker::
 
-    [VERSION, req_id, op, pool, timeout, pin, body]
+    [VERSION, req_id, op, pool, timeout, pin, body, deadline]
 
 - ``req_id`` (int) is echoed in the reply; a reply whose id is not the one the
   client waits for is a late answer to an abandoned request and is dropped.
@@ -14,6 +14,16 @@ Request, client to broker::
   caller will wait (the broker's deadline is the smaller of it and the pool's
   ``query_timeout``); ``pin`` is 0, or the id of the transaction, session or
   stream the request belongs to.
+- ``deadline`` is ``[monotonic, wall]``: the instant, on the client's
+  ``CLOCK_MONOTONIC`` and on its wall clock (``time.time()``), after which the
+  request's statement must not start (`deadline_in`). The client stops
+  waiting ``GRACE`` later. An ipc peer shares the broker's host and so its
+  monotonic clock, which no one can set; a tcp peer may sit on another host,
+  so the broker reads its wall clock with `SKEW_ALLOWANCE` to spare
+  (`seconds_left`). Either way a request that waited unread in a stopped
+  broker's socket past its deadline is answered `QueryTimeout`, never run.
+  Version 1 frames (7 items, no deadline) are still accepted: their deadline
+  starts when the broker reads them.
 - ``body`` depends on ``op``; SQL always travels as bytes already encoded in the
   pool's charset with the parameters interpolated by pymysql's own escaping
   (the client learns charset and SQL mode from `Op.HELLO`).
@@ -45,11 +55,18 @@ only, never sockets.
 from __future__ import annotations
 
 import enum
+import re
+import time
 from typing import Any
 
 import msgpack
 
-VERSION = 1
+VERSION = 2
+VERSIONS = frozenset({1, 2})  # 1: without the deadline item; still served
+# Seconds a tcp peer's wall clock may run ahead of or behind the broker's. Below
+# the client's GRACE (2 s), so a statement never starts after its caller gave up
+# while the clocks agree to within a second (NTP keeps them to milliseconds).
+SKEW_ALLOWANCE = 1.0
 
 DEFAULT_ENDPOINT = "ipc:///run/broker/broker.sock"  # broker.service's RuntimeDirectory
 DEFAULT_POOL = "default"
@@ -103,15 +120,43 @@ class ProtocolError(ValueError):
     """A frame that is not a well-formed message of this protocol."""
 
 
+def deadline_in(seconds: float) -> list[float]:
+    """Return the deadline field for a statement that may start within seconds."""
+    return [time.monotonic() + seconds, time.time() + seconds]
+
+
+def seconds_left(deadline: list[float], same_host: bool) -> float:
+    """Return how long, by this process's clocks, a request's statement may start."""
+    if same_host:
+        return deadline[0] - time.monotonic()
+    return deadline[1] + SKEW_ALLOWANCE - time.time()
+
+
 def encode_request(
-    req_id: int, op: int, pool: str, timeout: float, pin: int, body: Any
+    req_id: int,
+    op: int,
+    pool: str,
+    timeout: float,
+    pin: int,
+    body: Any,
+    deadline: list[float] | None = None,
 ) -> bytes:
-    """Return the frame for one request."""
-    return _packer.pack([VERSION, req_id, op, pool, timeout, pin, body])
+    """Return the frame for one request; deadline defaults to timeout from now."""
+    if deadline is None:
+        deadline = deadline_in(timeout)
+    return _packer.pack([VERSION, req_id, op, pool, timeout, pin, body, deadline])
 
 
-def decode_request(frame: bytes) -> tuple[int, int, str, float, int, Any]:
-    """Return (req_id, op, pool, timeout, pin, body), or raise ProtocolError.
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and -1e18 < value < 1e18
+
+
+def decode_request(
+    frame: bytes,
+) -> tuple[int, int, str, float, int, Any, list[float] | None]:
+    """Return (req_id, op, pool, timeout, pin, body, deadline), or raise ProtocolError.
+
+    deadline is None for a version 1 frame.
 
     The broker calls this on untrusted bytes: every header field is checked,
     and the message says which one is wrong so the sender can be told.
@@ -120,11 +165,20 @@ def decode_request(frame: bytes) -> tuple[int, int, str, float, int, Any]:
         msg = msgpack.unpackb(frame, raw=False)
     except Exception as err:  # msgpack raises several unrelated types
         raise ProtocolError(f"frame is not valid msgpack: {err}") from err
-    if type(msg) is not list or len(msg) != 7:
-        raise ProtocolError("frame must be a msgpack array of 7 items")
-    version, req_id, op, pool, timeout, pin, body = msg
-    if version != VERSION:
-        raise ProtocolError(f"protocol version {version!r} not supported")
+    if type(msg) is not list or len(msg) not in (7, 8):
+        raise ProtocolError("frame must be a msgpack array of 8 items (7 in version 1)")
+    version = msg[0]
+    if type(version) is not int or version not in VERSIONS or len(msg) != 6 + version:
+        raise ProtocolError(
+            f"protocol version {version!r} with {len(msg)} items not supported "
+            f"(this broker speaks {sorted(VERSIONS)})"
+        )
+    req_id, op, pool, timeout, pin, body = msg[1:7]
+    deadline = msg[7] if version >= 2 else None
+    if deadline is not None and not (
+        type(deadline) is list and len(deadline) == 2 and all(map(_number, deadline))
+    ):
+        raise ProtocolError("deadline must be [monotonic, wall] seconds")
     if type(req_id) is not int or not 0 <= req_id < 2**64:
         raise ProtocolError("request id must be an unsigned 64-bit integer")
     if type(op) is not int or op not in _OPS:
@@ -135,7 +189,22 @@ def decode_request(frame: bytes) -> tuple[int, int, str, float, int, Any]:
         raise ProtocolError("timeout must be a positive number of seconds")
     if type(pin) is not int or not 0 <= pin < 2**64:
         raise ProtocolError("pin must be an unsigned 64-bit integer")
-    return req_id, op, pool, float(timeout), pin, body
+    return req_id, op, pool, float(timeout), pin, body, deadline
+
+
+# Statements that only read: one lost with its reply changed nothing.
+READ_KEYWORDS = frozenset(
+    {b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"}
+)
+_FIRST_WORD = re.compile(rb"[\s(]*([A-Za-z]+)")
+
+
+def may_write(op: int, body: Any) -> bool:
+    """Return whether a request may change data if it ran (unknown SQL: yes)."""
+    if op == Op.QUERY:
+        match = _FIRST_WORD.match(body) if type(body) is bytes else None
+        return match is None or match.group(1).upper() not in READ_KEYWORDS
+    return op in (Op.EXECUTEMANY, Op.COMMIT)
 
 
 def encode_reply(req_id: int, status: int, body: Any) -> bytes:

@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from client import errors, protocol, zmtp
+from client import errors, outcome, protocol, zmtp
 
 GRACE = 2.0  # extra wait past the deadline for the broker's QueryTimeout reply
 RECONNECT_IVL_MS = 50  # retry a vanished broker quickly: restarts take ~1 s
@@ -123,6 +123,10 @@ class _StreamLink:
         except OSError:
             return True
 
+    def unread(self, err: BaseException) -> bool:
+        """Whether the broker provably never read all that was sent (see outcome)."""
+        return outcome.reset_by_peer(err) or outcome.unread_bytes(self.sock) > 0
+
     def send(self, frame: bytes, deadline: float) -> None:
         self._write(zmtp.encode_frame(frame), deadline)
 
@@ -190,6 +194,9 @@ class _ZmqLink:
 
     def stale(self) -> bool:
         return False  # libzmq reconnects by itself
+
+    def unread(self, err: BaseException) -> bool:
+        return False  # libzmq took the frame: nothing more can be known
 
     def send(self, frame: bytes, deadline: float) -> None:
         self.sock.setsockopt(
@@ -266,8 +273,10 @@ class Transport:
     ) -> tuple[int, Any]:
         """Send one request and return (status, body) of its reply.
 
-        Raises BrokerUnavailable when no reply arrives within timeout + GRACE,
-        and InterfaceError, without sending, for a request over max_bytes.
+        Raises BrokerUnavailable when no reply arrives within timeout + GRACE
+        (`errors.ReplyLost`, also an OutcomeUnknown, for a write the broker may
+        have run), and InterfaceError, without sending, for a request over
+        max_bytes.
         """
         req_id = next(self._ids)
         frame = protocol.encode_request(req_id, op, pool, timeout, pin, body)
@@ -277,7 +286,7 @@ class Transport:
                 f"request of {len(frame)} bytes exceeds the broker's "
                 f"max_message_bytes ({max_bytes})",
             )
-        return self.exchange(req_id, frame, timeout)
+        return self.exchange(req_id, frame, timeout, op, body)
 
     def send_only(self, op: int, pool: str, pin: int) -> None:
         """Send a request and forget it; its reply is dropped as a late one."""
@@ -289,59 +298,74 @@ class Transport:
             # a half-written frame must not prefix the next request.
             self.reset()
 
-    def exchange(self, req_id: int, frame: bytes, timeout: float) -> tuple[int, Any]:
+    def exchange(
+        self, req_id: int, frame: bytes, timeout: float, op: int = 0, body: Any = None
+    ) -> tuple[int, Any]:
         """Send an encoded request and return its reply.
 
         Reaching the broker and handing it the request may take up to timeout;
         the reply may take GRACE longer, the time the broker needs to report
-        a deadline it enforced.
+        a deadline it enforced. A request that provably never reached a broker
+        (the connection broke before it went out whole, or the broker closed
+        with it unread: a restart) is sent again on a new connection while its
+        deadline allows, reads and writes alike. When no reply comes,
+        `client.outcome` says what the caller may conclude; op and body tell a
+        write from a read.
         """
         start = time.monotonic()
         sent_by, deadline = start + timeout, start + timeout + GRACE
-        sent = False
-        try:
-            link = self._connect(sent_by)
-            link.send(frame, sent_by)
-            sent = True
-            while True:
-                rid, status, body = protocol.decode_reply(link.recv(deadline))
-                if rid == req_id:
-                    return status, body
-                # A late reply to a request abandoned earlier: drop it.
-        except (_Timeout, OSError, zmtp.ZmtpError, zmq.ZMQError) as err:
-            self.reset()
-            why = "" if isinstance(err, _Timeout) else f" ({err})"
-            if isinstance(err, zmtp.Refused):
-                raise errors.BrokerUnavailable(
-                    errors.ER_BROKER_UNAVAILABLE,
-                    f"the broker at {self._endpoint} refused the connection: {err}",
+        while True:
+            link, sent = None, False
+            try:
+                link = self._connect(sent_by)
+                link.send(frame, sent_by)
+                sent = True
+                while True:
+                    rid, status, reply = protocol.decode_reply(link.recv(deadline))
+                    if rid == req_id:
+                        return status, reply
+                    # A late reply to a request abandoned earlier: drop it.
+            except (_Timeout, OSError, zmtp.ZmtpError, zmq.ZMQError) as err:
+                unread = sent and link is not None and link.unread(err)
+                self.reset()
+                if isinstance(err, PermissionError):
+                    raise errors.BrokerUnavailable(
+                        errors.ER_BROKER_UNAVAILABLE,
+                        f"cannot reach the broker: no permission on {self._ipc_path} "
+                        "(is this user in its group?)",
+                    ) from None
+                if isinstance(err, zmtp.Refused):  # final: the broker said why
+                    raise errors.BrokerUnavailable(
+                        errors.ER_BROKER_UNAVAILABLE,
+                        f"the broker at {self._endpoint} refused the connection: {err}",
+                    ) from None
+                timed_out = isinstance(err, _Timeout)
+                if (
+                    not timed_out
+                    and (unread or not sent)
+                    and time.monotonic() + CONNECT_RETRY < sent_by
+                ):
+                    time.sleep(CONNECT_RETRY)  # a restarting broker: try its successor
+                    continue
+                raise outcome.no_reply(
+                    self._endpoint,
+                    op,
+                    body,
+                    time.monotonic() - start,
+                    sent=sent,
+                    unread=unread,
+                    why="" if timed_out else str(err) or type(err).__name__,
                 ) from None
-            if isinstance(err, PermissionError):
-                raise errors.BrokerUnavailable(
-                    errors.ER_BROKER_UNAVAILABLE,
-                    f"cannot reach the broker: no permission on {self._ipc_path} "
-                    "(is this user in its group?)",
-                ) from None
-            if sent:
-                msg = f"no reply from the broker at {self._endpoint} within "
-                msg += f"{timeout + GRACE:.1f} s"
-            else:
-                msg = (
-                    f"cannot reach a broker at {self._endpoint} within {timeout:.1f} s"
-                )
-            raise errors.BrokerUnavailable(
-                errors.ER_BROKER_UNAVAILABLE, msg + why
-            ) from None
-        except protocol.ProtocolError as err:
-            self.reset()
-            raise errors.InterfaceError(errors.ER_BAD_REQUEST, str(err)) from err
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, a signal): ask the broker to cancel
-            # the statement; its reply must not meet the next request, so start
-            # over on a new connection.
-            self._send_cancel(req_id)
-            self.reset()
-            raise
+            except protocol.ProtocolError as err:
+                self.reset()
+                raise errors.InterfaceError(errors.ER_BAD_REQUEST, str(err)) from err
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, a signal): ask the broker to cancel
+                # the statement; its reply must not meet the next request, so start
+                # over on a new connection.
+                self._send_cancel(req_id)
+                self.reset()
+                raise
 
     def _send_cancel(self, req_id: int) -> None:
         link = self._link

@@ -272,7 +272,9 @@ def test_no_broker_is_broker_unavailable():
     async def main():
         c = aio.Client(endpoint="ipc:///tmp/no-such-broker-here.sock", timeout=0.2)
         start = time.monotonic()
-        with pytest.raises(client.BrokerUnavailable, match="no reply from the broker"):
+        with pytest.raises(
+            client.BrokerUnavailable, match=r"cannot reach a broker.*not sent"
+        ):
             await c.query("SELECT 1")
         return time.monotonic() - start
 

@@ -240,6 +240,10 @@ INVALID = [
         r"^pools\.default\.transaction_idle_timeout: .* got nan$",
     ),
     (
+        "[pools.default]\nkill_grace = 0",
+        r"^pools\.default\.kill_grace: .* > 0, got 0$",
+    ),
+    (
         "[pools.default]\ninit_sql = [1]",
         r"^pools\.default\.init_sql: must be a string or a list .* got \[1\]$",
     ),
