@@ -129,9 +129,9 @@ class Connector:
             left, _ = reaper.reap(side, args, [thread_id], reaper.REAP_WAIT)
         except Exception as err:  # the server is away: it closed the connection too
             tag = (thread_id, False, False)
-            self._report(Outcome("reaped", pool, error=err, tag=tag))
+            self.report(Outcome("reaped", pool, error=err, tag=tag))
             return
-        self._report(Outcome("reaped", pool, tag=(thread_id, not left, was_running)))
+        self.report(Outcome("reaped", pool, tag=(thread_id, not left, was_running)))
 
     def sweep(self, pool: PoolConfig) -> None:
         """Kill what a dead predecessor broker left running on pool's account."""
@@ -144,11 +144,11 @@ class Connector:
             found = reaper.predecessors(side, args)
             left, took = reaper.reap(side, args, found, reaper.SWEEP_TIMEOUT)
         except Exception as err:  # unreachable: the pool's own connects will say so
-            self._report(Outcome("swept", pool.name, error=err, tag=([], set(), 0.0)))
+            self.report(Outcome("swept", pool.name, error=err, tag=([], set(), 0.0)))
             return
         finally:
             side.close()  # kills may never come: do not hold a connection for them
-        self._report(Outcome("swept", pool.name, tag=(found, left, took)))
+        self.report(Outcome("swept", pool.name, tag=(found, left, took)))
 
     def close_idle_sides(self) -> None:
         """Close side connections unused for reaper.SIDE_IDLE (never blocks)."""
