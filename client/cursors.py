@@ -254,6 +254,12 @@ class _CursorStream(Stream):
         except pymysql.MySQLError as err:  # an error packet in mid-stream
             raise errors.from_pymysql(err) from err
 
+    conv: tuple[dict, dict, bool] | None = None  # the connection's, if its own
+
+    def _prepare_codec(self, codec: Any) -> None:
+        if self.conv is not None:
+            codec.decoders, codec.encoders, codec.use_unicode = self.conv
+
     def start(self) -> None:
         """Send the statement and read up to its first row."""
         self._check_owner()

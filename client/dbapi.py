@@ -88,7 +88,7 @@ from client.errors import (
     ProgrammingError,
     Warning,
 )
-from client.pinned import ISOLATION_LEVELS, Stream, Transaction
+from client.pinned import ISOLATION_LEVELS, Transaction
 from client.protocol import Op
 from client.result import Result
 from client.xa import XaTransaction, begins_xa
@@ -343,12 +343,7 @@ class Connection:
         self._last: Result | None = None  # the last statement's, for insert_id()
         self._conv: tuple[dict, dict, bool] | None = None
         if conv is not None or not use_unicode:
-            conv = pymysql.converters.conversions if conv is None else conv
-            self._conv = (
-                {k: v for k, v in conv.items() if type(k) is int},
-                {k: v for k, v in conv.items() if type(k) is not int},
-                bool(use_unicode),
-            )
+            self._own_converters(conv, use_unicode)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -532,6 +527,16 @@ class Connection:
         self._check_open()
         return self._client._codec(self.timeout).encoding
 
+    @property
+    def encoders(self) -> dict:
+        """This connection's encoders by Python type, as pymysql's; edits apply."""
+        return self._own_converters()[1]
+
+    @property
+    def decoders(self) -> dict:
+        """This connection's decoders by field type, as pymysql's; edits apply."""
+        return self._own_converters()[0]
+
     def insert_id(self) -> int:
         """Return the last statement's AUTO_INCREMENT id, or 0, as pymysql does."""
         last = self._last
@@ -621,6 +626,18 @@ class Connection:
         finally:
             codec.decoders, codec.encoders, codec.use_unicode = saved
 
+    def _own_converters(
+        self, conv: dict | None = None, use_unicode: bool = True
+    ) -> tuple[dict, dict, bool]:
+        if self._conv is None:
+            conv = pymysql.converters.conversions if conv is None else conv
+            self._conv = (
+                {k: v for k, v in conv.items() if type(k) is int},
+                {k: v for k, v in conv.items() if type(k) is not int},
+                bool(use_unicode),
+            )
+        return self._conv
+
     def _check_charset(self, codec: Any) -> None:
         pool = codec.charset
         if self._charset != pool and self._charset not in SUPERSETS.get(pool, ()):
@@ -641,12 +658,10 @@ class Connection:
     def _rowcount(self, rowcount: int, matched: int | None) -> int:
         return matched if self._found_rows and matched is not None else rowcount
 
-    def _start_stream(self, stream: Stream) -> None:
+    def _start_stream(self, stream: Any) -> None:
         with self._converters():
+            stream.conv = self._conv
             stream.start()
-        if self._conv is not None and stream._result is not None:
-            codec = stream._result.connection  # the stream's own codec
-            codec.decoders, codec.encoders, codec.use_unicode = self._conv
 
     def _end_xa(self, how: str = "ROLLBACK", check: bool = False) -> None:
         xa, self._xa = self._xa, None

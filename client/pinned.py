@@ -302,6 +302,7 @@ class Stream(_Pinned):
             reply = client._call(Op.STREAM_OPEN, self._timeout, 0, body, Status.CHUNK)
         packets = self._chunk(reply)
         stream_codec = client._new_codec(self._timeout, refill=weak_refill(self._more))
+        self._prepare_codec(stream_codec)
         try:
             self._result = stream_codec.open_stream(packets)
         except errors.Error:
@@ -309,6 +310,9 @@ class Stream(_Pinned):
             raise
         if not self._result.unbuffered_active:
             self._finish()
+
+    def _prepare_codec(self, codec: Any) -> None:
+        """Adjust the stream's own codec before it decodes (DB-API's conv)."""
 
     def _chunk(self, reply: list) -> bytes:
         pin, done, packets = reply

@@ -355,3 +355,16 @@ def test_connection_finishes_an_xa_transaction_it_leaves(connect, db, table):
     conn.cursor().execute("UPDATE t SET n = 99 WHERE id = 1")
     conn.commit()  # still active: XA END, then XA COMMIT ONE PHASE
     assert db.query("SELECT n FROM t WHERE id = 1").scalar() == 99
+
+
+def test_conv_applies_to_streamed_rows_and_encoders_are_the_connections(connect, table):
+    conv = {**pymysql.converters.conversions, FIELD_TYPE.LONG: lambda v: f"<{v}>"}
+    conn = connect(conv=conv, autocommit=True)
+    cur = conn.cursor(dbapi.SSCursor)
+    cur.execute("SELECT id FROM t ORDER BY id")
+    assert cur.fetchall() == [("<1>",), ("<2>",), ("<3>",)]
+    plain = connect()
+    assert plain.encoders[str] is pymysql.converters.escape_str
+    plain.encoders[bool] = lambda v, mapping=None: "'yes'" if v else "'no'"
+    assert plain.literal(True) == "'yes'"
+    assert connect().literal(True) == "1"  # another connection: pymysql's
