@@ -28,7 +28,7 @@ DATA_DIR = Path(
     os.environ.get("CELERY_DATA_DIR")
     or Path(tempfile.gettempdir()) / "celery-broker-example"
 )
-for sub in ("queue", "processed", "results"):
+for sub in ("queue", "processed", "results", "control"):
     (DATA_DIR / sub).mkdir(parents=True, exist_ok=True)
 
 app = Celery(
@@ -40,6 +40,7 @@ app.conf.broker_transport_options = {
     "data_folder_in": str(DATA_DIR / "queue"),
     "data_folder_out": str(DATA_DIR / "queue"),
     "processed_folder": str(DATA_DIR / "processed"),
+    "control_folder": str(DATA_DIR / "control"),  # default: ./control
 }
 app.conf.broker_connection_retry_on_startup = True
 
