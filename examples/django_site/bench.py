@@ -192,6 +192,9 @@ def main() -> None:
                     server,
                     args,
                 )
+                # Its pool's connections would count against the baselines.
+                broker.send_signal(signal.SIGTERM)
+                broker.wait(30)
                 direct = {
                     **base,
                     "DJANGO_ENGINE": "mysql",
@@ -209,8 +212,9 @@ def main() -> None:
                         args,
                     )
             finally:
-                broker.send_signal(signal.SIGTERM)
-                broker.wait(30)
+                if broker.poll() is None:
+                    broker.send_signal(signal.SIGTERM)
+                    broker.wait(30)
 
 
 if __name__ == "__main__":
