@@ -381,6 +381,14 @@ def test_update_rowcount_counts_matched_rows(shop: Any) -> None:
     assert shop.Item.objects.filter(name="m0").update(qty=6) == 1
 
 
+def test_saving_an_unchanged_object_updates_it(shop: Any) -> None:
+    # save() takes an UPDATE of 0 rows to mean "no such row" and INSERTs: with
+    # changed-row counts this would raise a duplicate key error.
+    item = shop.Item.objects.create(name="same", qty=1)
+    item.save()
+    assert shop.Item.objects.filter(name="same").count() == 1
+
+
 def test_queries_show_the_sql_sent(shop: Any, orm: Any) -> None:
     from django.test.utils import CaptureQueriesContext
 
