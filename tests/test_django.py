@@ -246,6 +246,19 @@ def test_django_test_runner_creates_and_destroys_its_database(
     assert orm.settings_dict["OPTIONS"]["pool"] == "default"
 
 
+def test_pymysql_keeps_its_own_error_classes(orm: Any, django_env: DjangoEnv) -> None:
+    import pymysql
+
+    assert pymysql.err is sys.modules["pymysql.err"]  # not a MySQLdb.err copy
+    conn = django_env.server.admin()
+    try:
+        with pytest.raises(pymysql.err.ProgrammingError) as caught:
+            conn.query("SELECT * FROM no_such_db.no_such_table")
+    finally:
+        conn.close()
+    assert type(caught.value).__module__ == "pymysql.err"
+
+
 # --- the ORM ------------------------------------------------------------------------
 
 

@@ -6,3 +6,5 @@ editor, features) runs over `client.dbapi`, the way it runs on pymysql after
 an optional extra (``pip install 'mysql-broker[django]'``): nothing else in
 `client` imports this package. See `client.django.base` for the settings.
 """
+
+from client.django import mysqldb  # noqa: F401  before django.db.backends.mysql

@@ -19,8 +19,8 @@ HOST, PORT, USER and PASSWORD are the broker's business (the pool's ``dsn``
 and ``password_file``), so setting them is refused. Everything above the
 connection is Django's ``django.db.backends.mysql``: that module imports
 ``MySQLdb``, so when mysqlclient is not installed pymysql stands in for it
-(``pymysql.install_as_MySQLdb()``), which is how that backend already runs on
-pymysql; the connections themselves are `client.dbapi` ones.
+(`client.django.mysqldb`, as ``pymysql.install_as_MySQLdb()``), which is how
+that backend already runs on pymysql; the connections are `client.dbapi` ones.
 
 What a Django connection holds: nothing while idle (``connect()`` opens no
 socket and no MySQL connection). Outside ``atomic()`` each statement runs on
@@ -41,14 +41,6 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError
-
-try:
-    import MySQLdb  # noqa: F401  mysqlclient, when installed, keeps its name
-except ImportError:
-    import pymysql
-
-    pymysql.install_as_MySQLdb()
-
 from django.db.backends.mysql import base as mysql
 
 from client import dbapi, protocol
@@ -63,8 +55,8 @@ OPTIONS = frozenset(
 )
 _REFUSED = ("HOST", "PORT", "USER", "PASSWORD")
 
-# client.dbapi.connect() accepts pymysql's client_flag from issue 13 on; keyword
-# arguments it does not take are left out rather than failing the connection.
+# Keyword arguments this client.dbapi.connect() does not take are left out rather
+# than failing every connection (client_flag came later than the rest).
 _CONNECT = inspect.signature(dbapi.connect).parameters
 _CONNECT_TAKES_ALL = any(p.kind is p.VAR_KEYWORD for p in _CONNECT.values())
 
