@@ -23,11 +23,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import django  # the test extra has it: a missing Django fails, never skips
 import pytest
-
-django = pytest.importorskip("django")
-
-from broker_fixtures import ROOT, BrokerProcess  # noqa: E402
+from broker_fixtures import ROOT, BrokerProcess
 
 PROJECT = Path(__file__).resolve().parent / "django_project"
 pytestmark = pytest.mark.timeout(120)
