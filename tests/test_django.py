@@ -409,6 +409,28 @@ def test_queries_show_the_sql_sent(shop: Any, orm: Any) -> None:
     assert "WHERE `shop_item`.`name` = 'it\\'s'" in query["sql"]
 
 
+def test_autocommit_is_set_in_either_spelling(orm: Any) -> None:
+    from client.django.base import DatabaseWrapper
+
+    class MethodStyle:  # pymysql's conn.autocommit(value)
+        def __init__(self) -> None:
+            self.calls: list[bool] = []
+
+        def autocommit(self, value: bool) -> None:
+            self.calls.append(value)
+
+    class AttributeStyle:  # conn.autocommit = value
+        autocommit = True
+
+    wrapper = DatabaseWrapper(orm.settings_dict)
+    wrapper.connection = MethodStyle()
+    wrapper._set_autocommit(False)
+    assert wrapper.connection.calls == [False]
+    wrapper.connection = AttributeStyle()
+    wrapper._set_autocommit(False)
+    assert wrapper.connection.autocommit is False
+
+
 def test_health_check_pings_the_broker(orm: Any) -> None:
     orm.ensure_connection()
     assert orm.is_usable()
