@@ -32,7 +32,10 @@ from broker_fixtures import ROOT, BrokerProcess
 
 EXAMPLES = ROOT / "examples"
 DJANGO_SITE = EXAMPLES / "django_site"
-MAX_SIZE = 4  # the broker pool's cap on MySQL connections
+# The broker pool's cap on MySQL connections: fewer than the 12 threads that
+# may hold a transaction at once, and more than one gthread worker's 4 threads
+# (a client process may not pin every connection of a pool).
+MAX_SIZE = 6
 REQUESTS = 48
 CLIENTS = 12  # concurrent HTTP clients: more than MAX_SIZE
 pytestmark = pytest.mark.timeout(120)
@@ -198,7 +201,7 @@ def test_gunicorn_preload_serves_each_request_its_own_row(
     replies, peak = _hammer(port, mysql_server, direct)
     pids = _check_hits(replies, proc.pid)
     assert len(pids) >= 2
-    assert 1 <= peak <= MAX_SIZE  # 3 workers (x4 threads), 12 clients: 4 at most
+    assert 1 <= peak <= MAX_SIZE  # 3 workers (x4 threads), 12 clients
     assert _table_rows(direct, "hits") == REQUESTS
 
 
