@@ -1,0 +1,1 @@
+"""Recipes: the broker's client under gunicorn, uwsgi, celery and multiprocessing."""

@@ -1,0 +1,1 @@
+"""The example site's one app: a row per request."""

@@ -1,0 +1,3 @@
+"""No pages: the test project is driven through the ORM and manage.py."""
+
+urlpatterns: list = []
