@@ -92,6 +92,11 @@ class Connector:
         try:
             conn = pymysql.connect(
                 **pool.connect_args(),
+                # A server that accepts but never greets must not hold this
+                # thread for ever: pymysql reads the greeting without a timeout.
+                # (The worker then makes the socket non-blocking.)
+                read_timeout=pool.connect_timeout,
+                write_timeout=pool.connect_timeout,
                 autocommit=True,
                 client_flag=CLIENT.MULTI_RESULTS
                 | (CLIENT.SESSION_TRACK if pool.replicas else 0),

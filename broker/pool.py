@@ -39,6 +39,10 @@ BACKOFF_MAX = 5.0  # ... up to this
 # aside, at most this often: a returning server is used within ~0.1 s, and an
 # absent one costs a refused connect per 0.1 s however many requests come.
 PROMPT_EVERY = 0.1
+# How long a request waits for a connect it prompted before it gets the last
+# connect error after all: a refused or accepted connect takes milliseconds,
+# only an unanswering (firewalled) server takes up to connect_timeout.
+PROMPT_WAIT = 1.0
 
 
 class Pool:
@@ -60,6 +64,7 @@ class Pool:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._prompted = 0.0  # when a request last started a connect itself
+        self._connect_started = 0.0  # when the latest connect began
         self.retired = False  # removed from the config: finish and close
         # Server thread id -> [dropped at, connect args it was opened with,
         # whether a statement still ran at the first check]: not yet seen gone.
@@ -132,6 +137,7 @@ class Pool:
             self.opening == 0 or self.last_error is None
         ):
             self.opening += 1
+            self._connect_started = now
             self._connector.open(self.config)
 
     def connect_now(self, now: float) -> bool:
@@ -145,7 +151,7 @@ class Pool:
             return True
         if self.retired or now - self._prompted < PROMPT_EVERY:
             return False
-        self._prompted = now
+        self._prompted = self._connect_started = now
         self.opening += 1
         self._connector.open(self.config)
         return True
@@ -317,12 +323,15 @@ class Pool:
         if not self.queue:
             return
         limit = self.config.queue_timeout
+        unreachable = self.failing and now - self._connect_started >= PROMPT_WAIT
         keep: collections.deque[Any] = collections.deque()
         for req in self.queue:
             if now >= req.deadline:
                 reply(req, "query")
             elif now - req.received >= limit:
                 reply(req, "pool")
+            elif unreachable:
+                reply(req, "unreachable")
             else:
                 keep.append(req)
         self.queue = keep

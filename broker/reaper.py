@@ -33,6 +33,7 @@ from typing import Any
 import pymysql
 
 SIDE_IDLE = 10.0  # s a side connection stays open unused, for cancels in a burst
+SIDE_READ_TIMEOUT = 5.0  # s a KILL or PROCESSLIST query (or the greeting) may take
 REAP_WAIT = 1.0  # s one check waits for a killed connection to go (in a thread)
 REAP_TIMEOUT = 30.0  # s the pool keeps asking (each janitor pass), then gives up
 SWEEP_TIMEOUT = 10.0  # s a starting pool waits for a predecessor's connections
@@ -92,7 +93,12 @@ class SideLink:
         if self._conn is not None and self._args != connect_args:
             self._close()  # a reload changed where or who
         if self._conn is None:
-            self._conn = pymysql.connect(**connect_args, autocommit=True)
+            self._conn = pymysql.connect(
+                **connect_args,
+                read_timeout=SIDE_READ_TIMEOUT,
+                write_timeout=SIDE_READ_TIMEOUT,
+                autocommit=True,
+            )
             self._args = connect_args
         return self._conn
 

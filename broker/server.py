@@ -1444,6 +1444,9 @@ class Server:
         if why == "query":
             self._timeout_unsent(req)
             return
+        if why == "unreachable":  # a connect it prompted is still hanging
+            self._fail(req, _database_error(req.pool.last_error))
+            return
         pool = req.pool
         pool.metrics.pool_timeouts += 1
         self._fail(

@@ -421,3 +421,30 @@ def test_dropped_connection_counts_against_the_pool_until_seen_gone(
         connector.shutdown()
         os.close(wake_r)
         os.close(wake_w)
+
+
+@pytest.mark.timeout(90)
+def test_request_to_an_unanswering_server_fails_fast_after_its_prompted_connect(
+    make_broker,
+):
+    # A listener that never says hello: each connect hangs for connect_timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    try:
+        b = make_broker(
+            dsn=f"mysql://broker@127.0.0.1:{port}/broker?connect_timeout=3",
+            min_size=0,
+            queue_timeout=20,
+        )
+        c = b.client(timeout=30)
+        with pytest.raises(client.OperationalError):
+            c.query("SELECT 1")  # waits out the first connect: nothing known yet
+        start = time.monotonic()
+        with pytest.raises(client.OperationalError, match="cannot reach MySQL"):
+            c.query("SELECT 1")
+        elapsed = time.monotonic() - start
+        assert elapsed < 5  # not queue_timeout (20 s) or the call's 30 s
+    finally:
+        silent.close()
