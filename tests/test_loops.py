@@ -20,6 +20,15 @@ def _broker_connections(direct) -> int:
         return cur.fetchone()[0]
 
 
+def _running(direct, text: str) -> bool:
+    with direct.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
+            (f"%{text}%",),
+        )
+        return cur.fetchone()[0] > 1  # this probe's own statement matches too
+
+
 def _loops_used(stats: dict) -> int:
     return sum(1 for loop in stats["loops"] if loop["requests"])
 
@@ -114,7 +123,10 @@ def test_two_loops_pin_stream_cancel_reload_and_drain(
             target=lambda: result.append(c.query("SELECT SLEEP(1), 5").rows[0][1])
         )
         t.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not _running(direct, "SLEEP(1), 5"):  # on the server: now drain
+            assert time.monotonic() < deadline, "the statement never started"
+            time.sleep(0.02)
         b.signal(signal.SIGTERM)
         t.join()
     assert result == [5]
