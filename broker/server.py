@@ -717,6 +717,7 @@ class Server:
             )
         else:
             pool.queue.append(req)
+            pool.open_if_needed()  # room for one more now that it waits
 
     def _pipeline_target(self, pool: Pool) -> Worker | None:
         """Return the busy connection with the fewest reads behind a fresh read."""
