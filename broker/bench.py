@@ -921,7 +921,7 @@ def _run(job: Job, n: int) -> RunResult:
         ready_by = time.monotonic() + READY_TIMEOUT
         children.collect(b"R", ready_by, "connect and warm up")
         broker = job.side == "broker"
-        cpu_before = _cpu_seconds(job.target.broker_pid) if broker else None
+        cpu_before = _broker_cpu(job.target.broker_pid) if broker else None
         mysql_before = _cpu_seconds(job.target.mysql_pid)
         host_before = _host_switches()
         switches_before = _switches(job.target.broker_pid) if broker else None
@@ -931,7 +931,7 @@ def _run(job: Job, n: int) -> RunResult:
             go = go[os.write(go_w, go) :]
         report_by = start + job.seconds + job.settings.timeout + REPORT_GRACE
         reports = children.collect(b"D", report_by, "report")
-        cpu_after = _cpu_seconds(job.target.broker_pid) if broker else None
+        cpu_after = _broker_cpu(job.target.broker_pid) if broker else None
         mysql_after = _cpu_seconds(job.target.mysql_pid)
         host_after = _host_switches()
         switches_after = _switches(job.target.broker_pid) if broker else None
@@ -972,6 +972,26 @@ def _run(job: Job, n: int) -> RunResult:
     )
 
 
+def _family(pid: int) -> list[int]:
+    """Return pid and its children: a broker with `loops` > 1 runs in its children."""
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            pids += [int(child) for child in children.split()]
+    except (OSError, ValueError):
+        pass  # no such files (another kernel): the pid alone is counted
+    return pids
+
+
+def _broker_cpu(pid: int | None) -> float | None:
+    """Return the CPU seconds of the broker and its loop processes, or None."""
+    if pid is None:
+        return None
+    spent = [_cpu_seconds(p) for p in _family(pid)]
+    return None if None in spent else sum(spent)  # type: ignore[arg-type]
+
+
 def _host_switches() -> int | None:
     """Return the host's context switches since boot (/proc/stat ctxt), or None."""
     try:
@@ -984,16 +1004,17 @@ def _host_switches() -> int | None:
 
 
 def _switches(pid: int | None) -> int | None:
-    """Return the context switches of every thread of pid so far, or None."""
+    """Return the context switches of every thread of pid (and its loops), or None."""
     if pid is None:
         return None
     total = 0
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            text = Path(f"/proc/{pid}/task/{task}/status").read_text()
-            for line in text.splitlines():
-                if "ctxt_switches:" in line:
-                    total += int(line.split()[1])
+        for member in _family(pid):
+            for task in os.listdir(f"/proc/{member}/task"):
+                text = Path(f"/proc/{member}/task/{task}/status").read_text()
+                for line in text.splitlines():
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[1])
     except (OSError, ValueError):
         return None
     return total
