@@ -538,12 +538,9 @@ def _toml(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _start_broker(
-    tmp: str, endpoint: str, dsn: str, settings: Settings
-) -> subprocess.Popen:
-    """Run `broker serve` with a config of our own; return once its pool is up."""
-    config = Path(tmp, "broker.toml")
-    pool = {
+def pool_keys(dsn: str, settings: Settings) -> dict:
+    """Return the keys of a pool the bench's own broker serves."""
+    return {
         "dsn": dsn,
         "min_size": 1,
         "max_size": settings.max_size,
@@ -551,23 +548,26 @@ def _start_broker(
         "queue_timeout": settings.timeout,
         "query_timeout": settings.timeout,
     }
-    if settings.password_file:
-        pool["password_file"] = os.path.abspath(settings.password_file)
-    lines = [
+
+
+def broker_lines(endpoint: str, settings: Settings) -> list[str]:
+    """Return the [broker] table of the bench's own broker, as TOML lines."""
+    return [
         "[broker]",
         f"endpoint = {_toml(endpoint)}",
         'log_level = "warning"',
         f"busy_poll_us = {settings.busy_poll_us}",
-        "",
     ]
-    lines += [f"[pools.{settings.pool}]"]
-    lines += [f"{key} = {_toml(value)}" for key, value in pool.items()]
-    config.write_text("\n".join(lines) + "\n")
-    log_path = Path(tmp, "broker.log")
+
+
+def launch_broker(tmp: str, config_lines: list[str]) -> subprocess.Popen:
+    """Start `broker serve` on a config of these lines, logging to tmp/broker.log."""
+    config = Path(tmp, "broker.toml")
+    config.write_text("\n".join(config_lines) + "\n")
     # $BROKER_* would override the config file; this broker is ours alone.
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and argv
+    with open(Path(tmp, "broker.log"), "ab") as log_file:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and argv
             [sys.executable, "-m", "broker", "serve", "--config", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -576,6 +576,19 @@ def _start_broker(
             # Own session: Ctrl-C reaches the bench, which then stops the broker.
             start_new_session=True,
         )
+
+
+def _start_broker(
+    tmp: str, endpoint: str, dsn: str, settings: Settings
+) -> subprocess.Popen:
+    """Run `broker serve` with a config of our own; return once its pool is up."""
+    pool = pool_keys(dsn, settings)
+    if settings.password_file:
+        pool["password_file"] = os.path.abspath(settings.password_file)
+    lines = [*broker_lines(endpoint, settings), "", f"[pools.{settings.pool}]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in pool.items()]
+    proc = launch_broker(tmp, lines)
+    log_path = Path(tmp, "broker.log")
     deadline = time.monotonic() + BROKER_START_TIMEOUT
     with client.Client(endpoint=endpoint, timeout=0.5) as probe:
         while True:

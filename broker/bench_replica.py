@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import client
 from broker import bench
@@ -118,37 +117,13 @@ def _start_broker(
     replica: Sandbox,
     settings: bench.Settings,
 ) -> subprocess.Popen:
-    pool = {
-        "dsn": primary.dsn(),
-        "min_size": 1,
-        "max_size": settings.max_size,
-        "pipeline_depth": settings.pipeline_depth,
-        "queue_timeout": settings.timeout,
-        "query_timeout": settings.timeout,
-    }
-    lines = [
-        "[broker]",
-        f"endpoint = {bench._toml(endpoint)}",
-        'log_level = "warning"',
-        f"busy_poll_us = {settings.busy_poll_us}",
-    ]
+    pool = bench.pool_keys(primary.dsn(), settings)
+    lines = bench.broker_lines(endpoint, settings)
     for side in SIDES:
         keys = dict(pool, replicas=[replica.dsn()]) if side == "split" else pool
         lines += ["", f"[pools.{side}]"]
         lines += [f"{k} = {bench._toml(v)}" for k, v in keys.items()]
-    config = Path(tmp, "broker.toml")
-    config.write_text("\n".join(lines) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    with open(Path(tmp, "broker.log"), "ab") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and argv
-            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            env=env,
-            start_new_session=True,
-        )
-    return proc
+    return bench.launch_broker(tmp, lines)
 
 
 def _wait_serving(c: client.Client) -> None:
