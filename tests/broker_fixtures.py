@@ -164,6 +164,16 @@ class BrokerProcess:
             return ""
 
 
+def broker_connections(direct: Any) -> int:
+    """Count the MySQL connections of the test's broker user on its database."""
+    with direct.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+            "WHERE USER = 'broker' AND DB = DATABASE() AND ID <> CONNECTION_ID()"
+        )
+        return cur.fetchone()[0]
+
+
 def rss_kb(pid: int) -> int:
     """Return a process's resident memory in kB."""
     with open(f"/proc/{pid}/status") as f:

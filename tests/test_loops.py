@@ -7,17 +7,9 @@ import threading
 import time
 
 import pytest
+from broker_fixtures import broker_connections
 
 import client
-
-
-def _broker_connections(direct) -> int:
-    with direct.cursor() as cur:
-        cur.execute(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-            "WHERE USER = 'broker' AND DB = DATABASE() AND ID <> CONNECTION_ID()"
-        )
-        return cur.fetchone()[0]
 
 
 def _running(direct, text: str) -> bool:
@@ -41,7 +33,7 @@ def test_two_loops_keep_one_cap_and_add_up_in_status(make_broker, direct):
 
     def watch() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _broker_connections(direct))
+            peak[0] = max(peak[0], broker_connections(direct))
             time.sleep(0.02)
 
     wrong: list = []
@@ -131,12 +123,12 @@ def test_two_loops_pin_stream_cancel_reload_and_drain(
         t.join()
     assert result == [5]
     assert b.proc.wait(30) == 0
-    assert _broker_connections(direct) == 0 or _wait_gone(direct)
+    assert broker_connections(direct) == 0 or _wait_gone(direct)
 
 
 def _wait_gone(direct) -> bool:
     deadline = time.monotonic() + 5
-    while _broker_connections(direct):
+    while broker_connections(direct):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)

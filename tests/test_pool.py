@@ -5,17 +5,9 @@ import threading
 import time
 
 import pytest
+from broker_fixtures import broker_connections
 
 import client
-
-
-def _broker_connections(direct) -> int:
-    with direct.cursor() as cur:
-        cur.execute(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-            "WHERE USER = 'broker' AND DB = DATABASE() AND ID <> CONNECTION_ID()"
-        )
-        return cur.fetchone()[0]
 
 
 @pytest.mark.timeout(120)
@@ -28,7 +20,7 @@ def test_pool_cap_holds_with_32_forked_clients(make_broker, direct):
 
     def watch() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _broker_connections(direct))
+            peak[0] = max(peak[0], broker_connections(direct))
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch)
