@@ -164,6 +164,46 @@ class BrokerProcess:
             return ""
 
 
+def stop_all(request: pytest.FixtureRequest, started: list[BrokerProcess]) -> None:
+    """Stop the brokers a test started; print their logs when it failed."""
+    failed = (
+        getattr(request.node, "rep_call", None) is not None
+        and request.node.rep_call.failed
+    )
+    for proc in started:
+        try:
+            proc.stop()
+        finally:
+            if failed:
+                print(f"--- broker log {proc.log_path} ---\n{proc.log()[-20000:]}")
+
+
+def query_as(user: Any, endpoint: str) -> str:
+    """Query the broker as another user (a pwd entry) in a child; return the reply.
+
+    "served" when the query ran, else the BrokerUnavailable message.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            try:
+                client.Client(endpoint, timeout=1).query("SELECT 1")
+                os.write(w, b"served")
+            except client.BrokerUnavailable as err:
+                os.write(w, err.msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    message = os.read(r, 4096).decode()
+    os.close(r)
+    return message
+
+
 def broker_connections(direct: Any) -> int:
     """Count the MySQL connections of the test's broker user on its database."""
     with direct.cursor() as cur:
@@ -233,16 +273,7 @@ def make_broker(
         return proc
 
     yield make
-    failed = (
-        getattr(request.node, "rep_call", None) is not None
-        and request.node.rep_call.failed
-    )
-    for proc in started:
-        try:
-            proc.stop()
-        finally:
-            if failed:
-                print(f"--- broker log {proc.log_path} ---\n{proc.log()[-20000:]}")
+    stop_all(request, started)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from broker_fixtures import query_as
 
 import client
 
@@ -52,23 +53,7 @@ def stranger():
 def test_other_user_is_refused_on_a_0660_socket(make_broker, stranger):
     b = make_broker()
     os.chmod(b.workdir, 0o755)  # noqa: S103  traversable; the socket decides
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(stranger.pw_gid)
-            os.setuid(stranger.pw_uid)
-            try:
-                client.Client(b.endpoint, timeout=1).query("SELECT 1")
-                os.write(w, b"served")
-            except client.BrokerUnavailable as err:
-                os.write(w, err.msg.encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    message = os.read(r, 4096).decode()
+    message = query_as(stranger, b.endpoint)
     assert "no permission" in message
     with b.client() as c:
         assert c.query("SELECT 1").scalar() == 1

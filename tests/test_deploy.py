@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from broker_fixtures import query_as
 
 import client
 from broker.cli import parse_timespan
@@ -568,24 +569,7 @@ def test_readme_quotes_the_real_permission_refusal(make_broker, stranger) -> Non
     b = make_broker()
     # Like /run/broker: 0750, so only the owner and the socket's group get in.
     os.chmod(b.workdir, 0o750)  # noqa: S103  what the unit's RuntimeDirectoryMode sets
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(stranger.pw_gid)
-            os.setuid(stranger.pw_uid)
-            try:
-                client.Client(b.endpoint, timeout=1).query("SELECT 1")
-                os.write(w, b"served")
-            except client.BrokerUnavailable as err:
-                os.write(w, err.msg.encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    message = os.read(r, 4096).decode()
-    os.close(r)
+    message = query_as(stranger, b.endpoint)
     socket_path = b.endpoint.removeprefix("ipc://")
     assert socket_path in message
     shown = message.replace(socket_path, DEFAULT_ENDPOINT.removeprefix("ipc://"))

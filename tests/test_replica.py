@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_fixtures import ROOT, BrokerProcess
+from broker_fixtures import ROOT, BrokerProcess, stop_all
 
 import client
 import client.aio
@@ -151,16 +151,7 @@ def start_broker(
         return proc
 
     yield start
-    failed = (
-        getattr(request.node, "rep_call", None) is not None
-        and request.node.rep_call.failed
-    )
-    for proc in started:
-        try:
-            proc.stop()
-        finally:
-            if failed:
-                print(f"--- broker log {proc.log_path} ---\n{proc.log()[-20000:]}")
+    stop_all(request, started)
 
 
 def _replica_stats(c: client.Client) -> dict:
