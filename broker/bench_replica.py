@@ -24,7 +24,7 @@ import time
 import client
 from broker import bench
 from broker.sandbox import PRIMARY_OPTIONS, REPLICA_OPTIONS, Sandbox, SandboxError
-from client.protocol import SERVED_BY_PRIMARY
+from client.wire.protocol import SERVED_BY_PRIMARY
 
 SIDES = ("alone", "split")  # the pools: primary only, primary + one replica
 SERVING_TIMEOUT = 30.0

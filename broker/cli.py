@@ -299,7 +299,7 @@ def _print_banner(config: Config, sandbox: Sandbox | None) -> None:
 
 
 def _default_endpoint() -> str:
-    from client.protocol import DEFAULT_ENDPOINT
+    from client.wire.protocol import DEFAULT_ENDPOINT
 
     return DEFAULT_ENDPOINT
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from pymysql.charset import charset_by_name
 
-from client.protocol import DEFAULT_ENDPOINT
+from client.wire.protocol import DEFAULT_ENDPOINT
 
 DEFAULT_POOL = "default"
 DSN_SCHEMES = ("mysql", "mariadb")

@@ -14,6 +14,9 @@ round trip per write; see the README's "Replica reads").
 
 from __future__ import annotations
 
+from client.wire import mysql
+from client.wire.mysql import lenenc
+
 Position = dict[int, tuple[int, int]]  # domain id -> (server id, sequence number)
 
 SESSION_TRACK_SYSTEM_VARIABLES = 0  # the entry type of a tracked variable
@@ -58,42 +61,22 @@ def advance(pos: Position, other: Position) -> None:
             pos[domain] = gtid
 
 
-def _lenenc(buf: bytes, pos: int) -> tuple[int, int]:
-    first = buf[pos]
-    if first < 0xFB:
-        return first, pos + 1
-    width = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
-    if width is None:
-        raise ValueError("not a length-encoded integer")
-    return int.from_bytes(buf[pos + 1 : pos + 1 + width], "little"), pos + 1 + width
-
-
-def _packets(data: bytes) -> list[tuple[int, int]]:
-    """Return (start, end) of each packet payload in a response."""
-    out, pos = [], 0
-    while pos + 4 <= len(data):
-        length = int.from_bytes(data[pos : pos + 3], "little")
-        out.append((pos + 4, pos + 4 + length))
-        pos += 4 + length
-    return out
-
-
 def _tracked_gtid(ok: bytes) -> str | None:
     """Return last_gtid from one OK packet payload with session tracking data."""
-    _, p = _lenenc(ok, 1)  # affected rows
-    _, p = _lenenc(ok, p)  # insert id
+    _, p = lenenc(ok, 1)  # affected rows
+    _, p = lenenc(ok, p)  # insert id
     p += 4  # status flags, warnings
-    info, p = _lenenc(ok, p)
+    info, p = lenenc(ok, p)
     p += info
-    total, p = _lenenc(ok, p)
+    total, p = lenenc(ok, p)
     end = p + total
     while p < end:
         kind = ok[p]
-        size, p = _lenenc(ok, p + 1)
+        size, p = lenenc(ok, p + 1)
         if kind == SESSION_TRACK_SYSTEM_VARIABLES:
-            n, q = _lenenc(ok, p)
+            n, q = lenenc(ok, p)
             name = ok[q : q + n]
-            v, q = _lenenc(ok, q + n)
+            v, q = lenenc(ok, q + n)
             if name == _LAST_GTID:
                 if q + v > len(ok):
                     raise ValueError("tracking data cut short")
@@ -109,10 +92,11 @@ def last_gtid(data: bytes) -> Position | None:
     first packet of a plain write (looked at first: the usual case), the last
     one after a CALL's result sets.
     """
-    length = int.from_bytes(data[:3], "little")
-    start, end = 4, 4 + length
+    if len(data) < 4:
+        return None
+    start, end = 4, 4 + mysql.payload_length(data)
     if not (data[4:5] == b"\x00" and end <= len(data)):
-        packets = _packets(data)
+        packets = list(mysql.packets(data))
         if not packets:
             return None
         start, end = packets[-1]
@@ -130,15 +114,15 @@ def first_value(data: bytes) -> bytes | None:
 
     Used on the one-row answer to ``SELECT MASTER_GTID_WAIT(...)``.
     """
-    packets = _packets(data)
+    packets = list(mysql.packets(data))
     if not packets or data[packets[0][0]] in (0x00, 0xFF):
         return None  # an OK or an error, not a result set
-    columns, _ = _lenenc(data, packets[0][0])
+    columns, _ = lenenc(data, packets[0][0])
     row = 1 + columns + 1  # after the column count, definitions and their EOF
     if row >= len(packets):
         return None
     start, end = packets[row]
     if start >= end or data[start] in (0xFB, 0xFE):
         return None  # NULL, or the EOF of an empty result
-    n, p = _lenenc(data, start)
+    n, p = lenenc(data, start)
     return data[p : p + n]

@@ -3,7 +3,7 @@
 libzmq moves every message through its own I/O thread, two thread hand-offs
 per direction; on 2 cores those cost more than the broker's own work per
 query. So ipc endpoints are plain unix stream sockets in the loop's poller,
-speaking ZMTP (`client.zmtp`) as a ROUTER would: any ZeroMQ DEALER can
+speaking ZMTP (`client.wire.zmtp`) as a ROUTER would: any ZeroMQ DEALER can
 connect. tcp:// endpoints stay on a libzmq ROUTER (remote peers, CurveZMQ).
 
 A `Peer` is one connected client socket. It is identified to the rest of the
@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 
 from broker.poller import POLLIN, POLLOUT, Poller
-from client import zmtp
+from client.wire import zmtp
+from client.wire.zmtp import Multipart
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,10 @@ class Peer:
 
     __slots__ = (
         "_handle",
-        "_multipart",
         "_on_close",
         "_out",
         "_poller",
-        "_reader",
-        "_stage",
+        "_zmtp",
         "client",
         "closed",
         "fd",
@@ -72,15 +71,13 @@ class Peer:
         self._poller = poller
         self._handle = handle
         self._on_close = on_close
-        self._reader = zmtp.FrameReader(max_frame)
-        self._stage = 0  # 0: greeting expected, 1: READY expected, 2: messages
-        self._multipart: bytes | None = None  # first frame of a refused multipart
+        self._zmtp = zmtp.Connection(b"ROUTER", _SOCKET_TYPES, max_frame)
         self._out = b""
         self.client: tuple[str, int] | None = None  # (host, pid) the client announced
         self.closed = False
         sock.setblocking(False)
         poller.register(self.fd, POLLIN)
-        self.write(zmtp.greeting() + zmtp.ready(b"ROUTER"))
+        self.write(self._zmtp.start())
 
     def __repr__(self) -> str:
         return f"<Peer fd={self.fd}>"
@@ -97,57 +94,32 @@ class Peer:
         if not data:
             self.close()
             return
-        reader = self._reader
-        if (
-            data[0] == 0
-            and len(data) == data[1] + 2
-            and self._stage == 2
-            and self._multipart is None
-            and reader.empty
-        ):
-            self._handle(self, data[2:], None)  # the usual case: one short request
-            return
-        reader.feed(data)
+        conn = self._zmtp
+        was_ready = conn.ready
         try:
-            if self._stage == 0:
-                if not reader.greeting():
-                    return
-                self._stage = 1
-            while not self.closed and (frame := reader.next()) is not None:
-                flags, body = frame
-                if flags & zmtp.COMMAND:
-                    self._command(body)
-                elif self._stage != 2:
-                    raise zmtp.ZmtpError("message before READY")
-                elif flags & zmtp.MORE or self._multipart is not None:
-                    # Remember the first frame: its request id addresses the refusal.
-                    if self._multipart is None:
-                        self._multipart = body
-                    if not flags & zmtp.MORE:
-                        first, self._multipart = self._multipart, None
-                        self._handle(self, first, "a request must be a single frame")
-                else:
-                    self._handle(self, body, None)
+            messages = conn.receive(data)
         except zmtp.ZmtpError as err:
             log.info("ipc peer fd %d dropped: %s", self.fd, err)
             self._handle(self, None, str(err))
             self.close()
+            return
+        if not was_ready and conn.ready:
+            self._announced(conn.properties)
+        if conn.output:
+            self.write(conn.take_output())
+        for body in messages:
+            if self.closed:
+                return
+            if type(body) is Multipart:
+                self._handle(self, body, "a request must be a single frame")
+            else:
+                self._handle(self, body, None)
 
-    def _command(self, body: bytes) -> None:
-        name, props = zmtp.parse_command(body)
-        if name == b"READY":
-            if props.get(b"socket-type") not in _SOCKET_TYPES:
-                raise zmtp.ZmtpError(
-                    f"socket type {props.get(b'socket-type')!r} cannot talk to a ROUTER"
-                )
-            self._stage = 2
-            pid, host = props.get(b"x-pid", b""), props.get(b"x-host", b"")
-            if pid.isdigit():
-                self.client = (host.decode(errors="replace"), int(pid))
-        elif name == b"PING":
-            # Heartbeat (ZMTP 3.1): answer PONG with the ping's context.
-            context = body[1 + body[0] + 2 :]
-            self.write(zmtp.encode_frame(b"\x04PONG" + context, command=True))
+    def _announced(self, props: dict[bytes, bytes]) -> None:
+        """Note the (host, pid) the client's READY carries: pins are bounded by it."""
+        pid, host = props.get(b"x-pid", b""), props.get(b"x-host", b"")
+        if pid.isdigit():
+            self.client = (host.decode(errors="replace"), int(pid))
 
     def write_frame(self, body: bytes) -> None:
         """Send one message frame; large bodies go out without being copied."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from broker.request import Pin, Request
 from client import errors
-from client.protocol import Op
+from client.wire.protocol import Op
 
 OPENS_PIN = frozenset({Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN})
 

@@ -26,14 +26,15 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from broker import gtid, statement
+from broker import gtid
 from broker.config import Config, PoolConfig
 from broker.connector import Outcome
 from broker.pool import Pool
 from broker.replica import Replica, State
 from broker.worker import COM_QUERY, Worker
 from client import errors
-from client.protocol import SERVED_BY_PRIMARY, Op
+from client.wire import statement
+from client.wire.protocol import SERVED_BY_PRIMARY, Op
 
 if TYPE_CHECKING:
     from broker.request import Request

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.ipc import Peer
 from client.pinned import ISOLATION_LEVELS
-from client.protocol import Op, seconds_left
+from client.wire.protocol import Op, seconds_left
 
 if TYPE_CHECKING:
     from broker.pool import Pool

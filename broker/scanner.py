@@ -18,29 +18,13 @@ response (a CALL returns several).
 
 from __future__ import annotations
 
-MAX_PACKET_LEN = 0xFFFFFF  # a payload this long continues in the next packet
-MORE_RESULTS_EXISTS = 0x0008
-IN_TRANS = 0x0001
-SESSION_STATE_CHANGED = 0x4000  # the OK packet carries session tracking data
-
+from client.wire.mysql import MAX_PACKET_LEN, MORE_RESULTS_EXISTS, lenenc
 
 # States of a scan; plain ints because the loop runs once per packet.
 _FIRST = 1  # expecting OK, ERR, LOCAL INFILE or a column count
 _COLUMNS = 2  # reading column definitions, then one EOF
 _ROWS = 3  # reading rows until EOF or ERR
 _DONE = 4  # the response is complete
-
-
-def _lenenc(buf: bytearray, pos: int) -> tuple[int, int]:
-    """Return (value, position after) of a length-encoded integer."""
-    first = buf[pos]
-    if first < 0xFB:
-        return first, pos + 1
-    if first == 0xFC:
-        return int.from_bytes(buf[pos + 1 : pos + 3], "little"), pos + 3
-    if first == 0xFD:
-        return int.from_bytes(buf[pos + 1 : pos + 4], "little"), pos + 4
-    return int.from_bytes(buf[pos + 1 : pos + 9], "little"), pos + 9
 
 
 class Scanner:
@@ -103,8 +87,8 @@ class Scanner:
                 elif first == 0xFE:
                     state = _ROWS
             elif first == 0x00:
-                _, p = _lenenc(buf, pos + 5)
-                _, p = _lenenc(buf, p)
+                _, p = lenenc(buf, pos + 5)
+                _, p = lenenc(buf, p)
                 self.status = buf[p] | buf[p + 1] << 8
                 state = _FIRST if self.status & MORE_RESULTS_EXISTS else _DONE
             elif first == 0xFF:
@@ -112,7 +96,7 @@ class Scanner:
             elif first == 0xFB:  # LOCAL INFILE: never asked for; ends the response
                 state = _DONE
             else:
-                self._columns, _ = _lenenc(buf, pos + 4)
+                self._columns, _ = lenenc(buf, pos + 4)
                 state = _COLUMNS
             pos = nxt
         self.end, self._state, self.rows, self._continued = pos, state, rows, continued

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from broker import __version__, statement
+from broker import __version__
 from broker.config import (
     Config,
     ConfigError,
@@ -66,7 +66,6 @@ from broker.request import (
     check_body,
     start_by,
 )
-from broker.scanner import IN_TRANS
 from broker.systemd import Notifier
 from broker.worker import (
     COM_PING,
@@ -77,7 +76,9 @@ from broker.worker import (
     error_from_packets,
 )
 from client import errors
-from client.protocol import (
+from client.wire import statement
+from client.wire.mysql import IN_TRANS
+from client.wire.protocol import (
     INFO_CHARSET,
     INFO_MAX_MESSAGE_BYTES,
     INFO_SERVER_STATUS,

@@ -30,8 +30,9 @@ import pymysql
 
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.reaper import statement_tag
-from broker.scanner import SESSION_STATE_CHANGED, Scanner
+from broker.scanner import Scanner
 from client import errors
+from client.wire.mysql import SESSION_STATE_CHANGED
 
 log = logging.getLogger(__name__)
 

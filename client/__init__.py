@@ -1,7 +1,7 @@
 """The mysql-broker client: query MySQL through the host's broker, fork-safely.
 
 Application processes import this package and hold only ZeroMQ sockets, never a
-database socket. See README.md for the API; `client.protocol` for the wire format.
+database socket. See README.md for the API; `client.wire` for the wire format.
 """
 
 from client.api import (
@@ -31,8 +31,8 @@ from client.errors import (
     Warning,
 )
 from client.pinned import Session, Stream, Transaction
-from client.protocol import DEFAULT_ENDPOINT
 from client.result import Result
+from client.wire.protocol import DEFAULT_ENDPOINT
 
 __all__ = [
     "DEFAULT_ENDPOINT",

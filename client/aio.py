@@ -27,7 +27,7 @@ One connection per `Client` and event loop carries every task's requests at
 once: requests are tagged with ids and each reply resolves the future of its
 id, so 200 concurrent tasks share one socket and the broker's pool decides how
 many run at a time. ipc:// endpoints are a unix socket on the event loop's own
-selector speaking ZMTP (`client.zmtp`), as the synchronous `client.transport`
+selector speaking ZMTP (`client.wire.zmtp`), as the synchronous `client.transport`
 does, which skips libzmq's I/O thread on the local hot path; tcp:// endpoints
 use a ``zmq.asyncio`` DEALER socket. Replies are decoded by pymysql's code
 (`client.packets.Codec`) synchronously as they are taken, which is safe in the
@@ -57,13 +57,14 @@ import pymysql
 import zmq
 import zmq.asyncio
 
-from client import errors, outcome, protocol, zmtp
+from client import errors, outcome
 from client.api import DEFAULT_TIMEOUT, Params
 from client.packets import Codec, weak_refill
 from client.pinned import check_isolation
-from client.protocol import Op, Status
 from client.result import Result
 from client.transport import CONNECT_RETRY, GRACE, RECONNECT_IVL_MS
+from client.wire import mysql, protocol, zmtp
+from client.wire.protocol import Op, Status
 
 __all__ = [
     "Client",
@@ -386,7 +387,7 @@ class Client:
 
     Args:
         endpoint: the broker's address; default ``$BROKER_ENDPOINT``, else
-            `client.protocol.DEFAULT_ENDPOINT`.
+            `client.wire.protocol.DEFAULT_ENDPOINT`.
         timeout: default seconds each call waits; every call takes ``timeout=``.
         pool: the broker pool this client's statements run on.
         name: an optional label shown by ``broker status`` beside pid and host.
@@ -956,15 +957,6 @@ class _NeedMore(Exception):
     """The stream's packets ran out: await the next chunk, then read again."""
 
 
-def _ends_mid_row(packets: bytes) -> bool:
-    """Whether the last packet continues in the next chunk (a row over 16 MiB)."""
-    pos, last = 0, 0
-    while pos + 4 <= len(packets):
-        last = int.from_bytes(packets[pos : pos + 3], "little")
-        pos += 4 + last
-    return last == 0xFFFFFF
-
-
 class Stream(_Pinned):
     """Rows of one statement pulled from the broker chunk by chunk: ``async for``.
 
@@ -1079,7 +1071,7 @@ class Stream(_Pinned):
         return packets
 
     async def _whole_rows(self, packets: bytes) -> bytes:
-        while not self._done and _ends_mid_row(packets):
+        while not self._done and mysql.ends_continued(packets):
             packets += await self._fetch()
         return packets
 

@@ -16,12 +16,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from client import errors, protocol
+from client import errors
 from client.packets import Codec
 from client.pinned import Session, Stream, Transaction
-from client.protocol import Op, Status
 from client.result import Result
 from client.transport import Transport
+from client.wire import protocol
+from client.wire.protocol import Op, Status
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -60,7 +61,7 @@ class Client:
 
     Args:
         endpoint: the broker's address; default ``$BROKER_ENDPOINT``, else
-            `client.protocol.DEFAULT_ENDPOINT`.
+            `client.wire.protocol.DEFAULT_ENDPOINT`.
         timeout: default seconds each call waits; every call takes ``timeout=``.
         pool: the broker pool this client's statements run on.
         name: an optional label shown by ``broker status`` beside pid and host.

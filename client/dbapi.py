@@ -55,7 +55,7 @@ from typing import Any
 
 import pymysql
 
-from client import errors, protocol
+from client import errors
 from client.api import DEFAULT_TIMEOUT, Client, Params
 from client.connect_args import SUPERSETS, pymysql_options_for
 from client.cursors import PYMYSQL_CURSORS, Cursor, DictCursor, SSCursor, SSDictCursor
@@ -89,8 +89,9 @@ from client.errors import (
     Warning,
 )
 from client.pinned import ISOLATION_LEVELS, Transaction
-from client.protocol import Op
 from client.result import Result
+from client.wire import protocol, statement
+from client.wire.protocol import Op
 from client.xa import XaTransaction, begins_xa
 
 __all__ = [
@@ -137,26 +138,6 @@ paramstyle = "pyformat"  # %s and %(name)s, rendered by pymysql's escaping
 
 # A statement an SSCursor may stream outside a transaction: a plain read that
 # neither locks rows nor touches session state.
-_READS = frozenset(
-    {"SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "WITH", "VALUES", "TABLE"}
-)
-_NOT_PLAIN = re.compile(
-    r"\bfor\s+update\b|\bfor\s+share\b|\block\s+in\s+share\s+mode\b|\binto\b"
-    r"|@|\bget_lock\b|\blast_insert_id\s*\(",
-    re.IGNORECASE,
-)
-_FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
-
-
-def _plain_read(sql: str) -> bool:
-    match = _FIRST_WORD.match(sql)
-    return (
-        match is not None
-        and match.group(1).upper() in _READS
-        and _NOT_PLAIN.search(sql) is None
-    )
-
-
 def _ends_transaction(err: Error) -> bool:
     """Whether an error inside a transaction means the broker no longer holds it."""
     return isinstance(err, errors.BrokerUnavailable | errors.OutcomeUnknown) or (
@@ -736,7 +717,9 @@ class Connection:
         """Whether an SSCursor may stream sql rather than run it in the transaction."""
         if self._xa is not None:
             return False  # a stream's own connection would not see the XA's writes
-        return self._autocommit or (not self.in_transaction and _plain_read(sql))
+        return self._autocommit or (
+            not self.in_transaction and statement.plain_read(sql)
+        )
 
     def __del__(self) -> None:
         tx = self._tx

@@ -8,7 +8,7 @@ links (a unix socket it reads and writes itself):
 - the kernel still holds bytes the broker has not read (``SIOCOUTQ`` on a unix
   stream socket counts what the peer has not consumed yet) and the request
   was the last thing written: the broker never read it whole, and once its
-  deadline has passed the broker will never start it (`client.protocol`);
+  deadline has passed the broker will never start it (`client.wire.protocol`);
 - the broker's socket closed with our bytes unread: Linux then reports
   ``ECONNRESET`` to us rather than end-of-file (``unix_release_sock``).
 
@@ -28,7 +28,7 @@ import termios
 from typing import Any
 
 from client import errors
-from client.protocol import may_write
+from client.wire.statement import may_write
 
 _SIOCOUTQ = termios.TIOCOUTQ  # the same ioctl number on sockets
 

@@ -20,8 +20,8 @@ from pymysql.protocol import MysqlPacket
 
 from client import errors
 from client.result import Result
+from client.wire.mysql import MAX_PACKET_LEN, payload_length
 
-_MAX_PACKET_LEN = 0xFFFFFF
 COLUMN_CACHE_SIZE = 256  # distinct result shapes remembered per codec
 
 
@@ -103,7 +103,7 @@ class _Result(MySQLResult):
             if end + 4 > len(data):
                 super()._get_descriptions()  # split across chunks: parse as usual
                 return
-            end += 4 + int.from_bytes(data[end : end + 3], "little")
+            end += 4 + payload_length(data, end)
         key = data[start:end]
         cached = conn._columns.get(key)
         if cached is None:
@@ -210,13 +210,13 @@ class Codec(pymysql.connections.Connection):
         if pos + 4 > len(data):
             self._next_data()
             data, pos = self._data, 0
-        size = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+        size = payload_length(data, pos)
         end = pos + 4 + size
         if end > len(data):
             raise errors.InternalError(0, "truncated result packet from broker")
         self._pos = end
         payload = data[pos + 4 : end]
-        if size == _MAX_PACKET_LEN:  # the payload continues in the next packet
+        if size == MAX_PACKET_LEN:  # the payload continues in the next packet
             payload += self._read_packet(MysqlPacket).get_all_data()
         packet = packet_type(payload, self.encoding)
         if packet.is_error_packet():

@@ -17,8 +17,8 @@ import pymysql
 
 from client import errors
 from client.packets import weak_refill
-from client.protocol import SERVED_BY_PRIMARY, Op, Status
 from client.result import Result
+from client.wire.protocol import SERVED_BY_PRIMARY, Op, Status
 
 if TYPE_CHECKING:
     from client.api import Client, Params

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from client.protocol import SERVED_BY_PRIMARY
+from client.wire.protocol import SERVED_BY_PRIMARY
 
 # MySQL's info for an UPDATE, sent whatever the connection's CLIENT_FOUND_ROWS.
 _MATCHED = re.compile(r"Rows matched: (\d+)")

@@ -8,7 +8,7 @@ collector never finalises them in the child.
 
 Two links speak the same ZeroMQ protocol (ZMTP 3.0, DEALER to the broker's
 ROUTER): ipc:// endpoints use a plain unix socket in the calling thread
-(`client.zmtp`), which saves libzmq's I/O-thread hand-offs on the hot local
+(`client.wire.zmtp`), which saves libzmq's I/O-thread hand-offs on the hot local
 path; tcp:// endpoints use a pyzmq DEALER.
 
 Timeouts follow the ZeroMQ guide's Lazy Pirate pattern: when no reply comes in
@@ -29,7 +29,8 @@ from typing import Any
 
 import zmq
 
-from client import errors, outcome, protocol, zmtp
+from client import errors, outcome
+from client.wire import protocol, zmtp
 
 GRACE = 2.0  # extra wait past the deadline for the broker's QueryTimeout reply
 RECONNECT_IVL_MS = 50  # retry a vanished broker quickly: restarts take ~1 s

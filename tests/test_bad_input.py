@@ -5,7 +5,7 @@ import pytest
 import zmq
 
 import client
-from client.protocol import Op, Status
+from client.wire.protocol import Op, Status
 
 
 def _reply(sock):

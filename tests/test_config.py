@@ -19,7 +19,7 @@ from broker.config import (
     load,
     needs_restart,
 )
-from client.protocol import DEFAULT_ENDPOINT
+from client.wire.protocol import DEFAULT_ENDPOINT
 
 SECRET = "s3cr3t-Pa55"  # noqa: S105  a marker to look for, not a credential
 DSN = "mysql://app@127.0.0.1:3306/appdb"

@@ -34,7 +34,7 @@ from broker_fixtures import query_as
 import client
 from broker.cli import parse_timespan
 from broker.config import STOP_MARGIN, UNIT_TIMEOUT_STOP_SEC, BrokerConfig, PoolConfig
-from client.protocol import DEFAULT_ENDPOINT
+from client.wire.protocol import DEFAULT_ENDPOINT
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "broker.service"

@@ -219,7 +219,7 @@ def test_cancelled_write_waits_for_the_outcome_and_reports_it(make_broker, direc
 def test_a_pin_is_usable_only_by_the_process_that_opened_it(broker):
     import os
 
-    from client.protocol import Op, Status
+    from client.wire.protocol import Op, Status
 
     c = broker.client()
     with c.transaction() as tx:

@@ -11,7 +11,7 @@ from broker_fixtures import rss_kb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.protocol import Op, Status
+from client.wire.protocol import Op, Status
 
 scalars = st.one_of(
     st.none(),

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import client
-from client import zmtp
+from client.wire import zmtp
 
 
 def cpu_seconds(pid: int) -> float:

@@ -3,8 +3,8 @@
 import msgpack
 import pytest
 
-from client import protocol
-from client.protocol import Op, ProtocolError, Status
+from client.wire import protocol, statement
+from client.wire.protocol import Op, ProtocolError, Status
 
 
 def test_request_round_trip_keeps_every_field():
@@ -50,7 +50,7 @@ def test_deadline_is_on_both_clocks_and_read_by_the_right_one():
     ],
 )
 def test_may_write_judges_a_lost_request(op, sql, writes):
-    assert protocol.may_write(op, sql) is writes
+    assert statement.may_write(op, sql) is writes
 
 
 def test_reply_round_trip_keeps_bytes_as_bytes():

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from broker import gtid, statement
+from broker import gtid
 from broker.config import ConfigError, PoolConfig
 from broker.replica import RETURN_AFTER, Check, Replica, State
 from broker.request import check_body
-from client.protocol import Op
+from client.wire import statement
+from client.wire.protocol import Op
 
 pytestmark = pytest.mark.timeout(10)
 

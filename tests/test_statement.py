@@ -3,7 +3,7 @@
 import pytest
 
 from broker.scanner import Scanner
-from broker.statement import first_word, is_read, leaves_session_clean
+from client.wire.statement import first_word, is_read, leaves_session_clean
 
 
 @pytest.mark.parametrize(

@@ -43,12 +43,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError
 from django.db.backends.mysql import base as mysql
 
-from client import dbapi, protocol
+from client import dbapi
 from client.django.client import DatabaseClient
 from client.django.creation import DatabaseCreation
 from client.django.features import DatabaseFeatures
 from client.django.operations import DatabaseOperations
 from client.django.schema import DatabaseSchemaEditor
+from client.wire import protocol
 
 OPTIONS = frozenset(
     {"endpoint", "pool", "test_pool", "timeout", "name", "isolation_level"}

@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.creation import BaseDatabaseCreation
 from django.db.backends.mysql import creation as mysql
 
-from client import protocol
+from client.wire import protocol
 
 
 class DatabaseCreation(mysql.DatabaseCreation):

@@ -181,3 +181,109 @@ class FrameReader:
             return None
         self._pos = end
         return flags, bytes(buf[start:end])
+
+
+class Multipart(bytes):
+    """The first frame of a multi-frame message: this protocol refuses those.
+
+    Delivered in place of the message so the receiver can address its refusal
+    (the first frame holds the request id).
+    """
+
+
+class Connection:
+    """One ZMTP connection's protocol state, sans I/O: bytes in, messages out.
+
+    The broker's ipc peers and both client links drive one each over their own
+    sockets: `start` gives the greeting and READY to send, `receive` takes what
+    arrived and returns the whole messages in it, `output` holds anything the
+    protocol itself must answer (PONG to a PING). ``ready`` turns true when the
+    peer's READY has arrived; ``properties`` then holds its metadata (lower-case
+    names). Raises ZmtpError when the peer breaks the protocol, Refused when it
+    says ERROR.
+
+    Args:
+        socket_type: ours, b"ROUTER" or b"DEALER".
+        accepts: socket types we can talk to.
+        max_frame: a frame declaring a larger body is a protocol error.
+    """
+
+    __slots__ = (
+        "_accepts",
+        "_greeted",
+        "_multipart",
+        "_reader",
+        "_socket_type",
+        "output",
+        "properties",
+        "ready",
+    )
+
+    def __init__(
+        self, socket_type: bytes, accepts: tuple[bytes, ...], max_frame: int
+    ) -> None:
+        self._socket_type = socket_type
+        self._accepts = accepts
+        self._reader = FrameReader(max_frame)
+        self._greeted = False
+        self._multipart: bytes | None = None  # first frame of a multipart message
+        self.ready = False
+        self.properties: dict[bytes, bytes] = {}
+        self.output = b""
+
+    def start(self, metadata: dict[bytes, bytes] | None = None) -> bytes:
+        """Return our greeting and READY, to be sent first."""
+        return greeting() + ready(self._socket_type, metadata)
+
+    def receive(self, data: bytes) -> list[bytes]:
+        """Take received bytes; return the whole messages they complete, in order."""
+        reader = self._reader
+        if (
+            self.ready
+            and len(data) > 1
+            and data[0] == 0
+            and len(data) == data[1] + 2
+            and self._multipart is None
+            and reader.empty
+        ):
+            return [data[2:]]  # the usual case: exactly one short message
+        reader.feed(data)
+        if not self._greeted:
+            if not reader.greeting():
+                return []
+            self._greeted = True
+        messages: list[bytes] = []
+        while (frame := reader.next()) is not None:
+            flags, body = frame
+            if flags & COMMAND:
+                self._command(body)
+            elif not self.ready:
+                raise ZmtpError("message before READY")
+            elif flags & MORE or self._multipart is not None:
+                if self._multipart is None:
+                    self._multipart = body
+                if not flags & MORE:
+                    messages.append(Multipart(self._multipart))
+                    self._multipart = None
+            else:
+                messages.append(body)
+        return messages
+
+    def take_output(self) -> bytes:
+        """Return and clear what the protocol must send back."""
+        out, self.output = self.output, b""
+        return out
+
+    def _command(self, body: bytes) -> None:
+        name, props = parse_command(body)
+        if name == b"READY":
+            if props.get(b"socket-type") not in self._accepts:
+                raise ZmtpError(
+                    f"socket type {props.get(b'socket-type')!r} cannot talk to a "
+                    f"{self._socket_type.decode()}"
+                )
+            self.ready, self.properties = True, props
+        elif name == b"PING":
+            # Heartbeat (ZMTP 3.1): answer PONG with the ping's context.
+            context = body[1 + body[0] + 2 :]
+            self.output += encode_frame(b"\x04PONG" + context, command=True)

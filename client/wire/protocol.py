@@ -55,7 +55,6 @@ only, never sockets.
 from __future__ import annotations
 
 import enum
-import re
 import time
 from typing import Any
 
@@ -190,21 +189,6 @@ def decode_request(
     if type(pin) is not int or not 0 <= pin < 2**64:
         raise ProtocolError("pin must be an unsigned 64-bit integer")
     return req_id, op, pool, float(timeout), pin, body, deadline
-
-
-# Statements that only read: one lost with its reply changed nothing.
-READ_KEYWORDS = frozenset(
-    {b"SELECT", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"WITH", b"VALUES", b"TABLE"}
-)
-_FIRST_WORD = re.compile(rb"[\s(]*([A-Za-z]+)")
-
-
-def may_write(op: int, body: Any) -> bool:
-    """Return whether a request may change data if it ran (unknown SQL: yes)."""
-    if op == Op.QUERY:
-        match = _FIRST_WORD.match(body) if type(body) is bytes else None
-        return match is None or match.group(1).upper() not in READ_KEYWORDS
-    return op in (Op.EXECUTEMANY, Op.COMMIT)
 
 
 def encode_reply(req_id: int, status: int, body: Any) -> bytes:
