@@ -33,9 +33,9 @@ def parse(text: str) -> Position:
         item = item.strip()
         if not item:
             continue
-        domain, server, seq = (int(part) for part in item.split("-"))  # ValueError
-        if domain not in pos or pos[domain][1] < seq:
-            pos[domain] = (server, seq)
+        d, s, q = (int(part) for part in item.split("-"))  # ValueError
+        if d not in pos or pos[d][1] < q:
+            pos[d] = (s, q)
     return pos
 
 

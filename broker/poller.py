@@ -37,6 +37,11 @@ _FROM_EPOLL = {
 }
 
 
+def _events(sock: zmq.Socket) -> int:
+    """Return the libzmq socket's EVENTS: edge-triggered FD readiness needs it."""
+    return sock.getsockopt(zmq.EVENTS)  # type: ignore[return-value]
+
+
 class Poller:
     """epoll over file descriptors, plus at most one libzmq socket."""
 
@@ -49,7 +54,7 @@ class Poller:
         """Watch fd (or the libzmq socket) for events (POLLIN, POLLOUT)."""
         if isinstance(fd, zmq.Socket):
             self._zmq = fd
-            self._zmq_fd = fd.getsockopt(zmq.FD)
+            self._zmq_fd = int(fd.getsockopt(zmq.FD))
             self._epoll.register(self._zmq_fd, select.EPOLLIN)
             return
         self._epoll.register(fd, _TO_EPOLL[events])
@@ -71,7 +76,7 @@ class Poller:
     def poll(self, timeout_ms: float) -> list[tuple[int | zmq.Socket, int]]:
         """Return the ready sockets, waiting up to timeout_ms (0: do not wait)."""
         sock = self._zmq
-        queued = sock is not None and sock.getsockopt(zmq.EVENTS) & POLLIN
+        queued = sock is not None and _events(sock) & POLLIN
         ready = self._epoll.poll(0 if queued else timeout_ms / 1000)
         convert, zmq_fd = _FROM_EPOLL, self._zmq_fd
         events: list[tuple[int | zmq.Socket, int]] = []
@@ -79,7 +84,7 @@ class Poller:
             if fd != zmq_fd:
                 events.append((fd, convert[ev & 63]))
             elif not queued:
-                queued = sock.getsockopt(zmq.EVENTS) & POLLIN  # type: ignore[union-attr]
+                queued = _events(sock) & POLLIN  # type: ignore[arg-type]
         if queued:
             events.append((sock, POLLIN))  # type: ignore[arg-type]
         return events

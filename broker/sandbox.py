@@ -197,7 +197,7 @@ def init_datadir(
     log.info("sandbox: initialising datadir in %s", data_dir)
     with open(log_path, "ab") as out:
         try:
-            status = subprocess.run(  # noqa: S603 - argv we built, no shell
+            status: int | str = subprocess.run(  # noqa: S603 - argv we built, no shell
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -360,10 +360,12 @@ class Sandbox:
         except BaseException:
             self.kill()  # never leave a server running that nobody owns
             raise
+        proc = self._proc
+        assert proc is not None  # noqa: S101  _provision started it or raised
         log.info(
             "sandbox: %s pid %d listening on %s:%d (up in %.2fs)",
-            Path(self._proc.args[0]).name,
-            self._proc.pid,
+            Path(str(proc.args[0])).name,  # type: ignore[index]
+            proc.pid,
             HOST,
             self._port,
             time.monotonic() - began,

@@ -12,6 +12,8 @@ so existing ``except`` clauses catch them.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pymysql
 
 
@@ -133,11 +135,15 @@ def to_wire(err: Error) -> list:
 def from_wire(body: object) -> Error:
     """Rebuild the error a reply carries; an unknown class becomes InternalError."""
     try:
-        name, errno, msg, sqlstate = body  # type: ignore[misc]
+        name, errno, msg, sqlstate = cast(tuple[object, ...], body)
     except (TypeError, ValueError):
         return InternalError(0, f"malformed error reply: {body!r}")
     cls = _CLASSES.get(name, InternalError) if isinstance(name, str) else InternalError
-    return cls(errno if isinstance(errno, int) else 0, str(msg), sqlstate)
+    return cls(
+        errno if isinstance(errno, int) else 0,
+        str(msg),
+        sqlstate if isinstance(sqlstate, str) else None,
+    )
 
 
 def from_pymysql(err: pymysql.MySQLError) -> Error:

@@ -78,7 +78,7 @@ def first_word(sql: AnyStr) -> AnyStr:
     return match.group(1).upper() if match else sql[:0]
 
 
-def is_read(sql: bytes | str) -> bool:
+def is_read(sql: AnyStr) -> bool:
     """Return whether the statement only reads (safe to report as a plain failure)."""
     return _READ.of(sql).match(sql) is not None
 
@@ -90,16 +90,16 @@ def may_write(op: int, body: Any) -> bool:
     return op in (Op.EXECUTEMANY, Op.COMMIT)
 
 
-def leaves_session_clean(sql: bytes | str) -> bool:
+def leaves_session_clean(sql: AnyStr) -> bool:
     """Return whether the connection can serve another caller without a reset."""
     return _CLEAN_STATEMENT.of(sql).match(sql) is not None
 
 
-def replica_safe(sql: bytes | str) -> bool:
+def replica_safe(sql: AnyStr) -> bool:
     """Return whether a replica may run the statement: a read that locks nothing."""
     return is_read(sql) and _NOT_FOR_REPLICA.of(sql).search(sql) is None
 
 
-def plain_read(sql: bytes | str) -> bool:
+def plain_read(sql: AnyStr) -> bool:
     """Return whether the statement reads without locking, assigning or writing."""
     return is_read(sql) and _NOT_PLAIN.of(sql).search(sql) is None
