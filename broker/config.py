@@ -256,7 +256,7 @@ def _pool(
     in_dsn = bool(values["dsn"]) and has_password(values["dsn"])
     password_file = values.get("password_file")
     if password_file is not None:
-        text(key + "password_file", password_file)
+        text(key + "password_file", password_file)  # before it is opened
         if in_dsn:
             raise error(
                 key + "password_file",
