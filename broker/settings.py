@@ -10,7 +10,8 @@ Invariants a reader needs first:
 
 - A check takes the dotted key and the value and returns the value to store
   (normalised: a list becomes a tuple, an int of seconds a float) or raises
-  `ConfigError` naming the key. Checks shared by several keys live here.
+  `ConfigError` naming the key. Value checks live here; rules that tie keys
+  together stay in the dataclasses' ``__post_init__``.
 - A field without `setting` metadata is not a TOML key (a pool's ``name``, its
   resolved ``password``, the parts parsed from its DSN).
 """
