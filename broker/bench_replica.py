@@ -16,13 +16,16 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 import client
-from broker import bench
+from broker.bench_run import Job, RunResult, measure
+from broker.bench_settings import BenchError, Settings, pool_config
+from broker.bench_setup import Target, make_fixture, pool_keys, start_broker
+from broker.bench_table import Progress, per_unit
+from broker.metrics import percentile
 from broker.sandbox import PRIMARY_OPTIONS, REPLICA_OPTIONS, Sandbox, SandboxError
 from client.wire.protocol import SERVED_BY_PRIMARY
 
@@ -30,7 +33,7 @@ SIDES = ("alone", "split")  # the pools: primary only, primary + one replica
 SERVING_TIMEOUT = 30.0
 
 
-def main(settings: bench.Settings, as_json: bool) -> int:
+def main(settings: Settings, as_json: bool) -> int:
     """Run the replica cells; print the table (or JSON) and return an exit code."""
     if settings.dsn or settings.endpoint:
         print(
@@ -39,7 +42,7 @@ def main(settings: bench.Settings, as_json: bool) -> int:
             file=sys.stderr,
         )
         return 2
-    progress = bench.Progress()
+    progress = Progress()
     try:
         with contextlib.ExitStack() as cleanup:
             targets, about = _set_up(settings, cleanup)
@@ -48,7 +51,7 @@ def main(settings: bench.Settings, as_json: bool) -> int:
         progress.finish()
         print("broker bench: interrupted", file=sys.stderr)
         return 130
-    except (bench.BenchError, SandboxError) as err:
+    except (BenchError, SandboxError) as err:
         progress.finish()
         print(f"broker bench: {err}", file=sys.stderr)
         return 1
@@ -77,8 +80,8 @@ def main(settings: bench.Settings, as_json: bool) -> int:
 
 
 def _set_up(
-    settings: bench.Settings, cleanup: contextlib.ExitStack
-) -> tuple[dict[str, bench.Target], str]:
+    settings: Settings, cleanup: contextlib.ExitStack
+) -> tuple[dict[str, Target], str]:
     tmp = tempfile.mkdtemp(prefix="broker-bench-")
     cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
     primary = Sandbox(os.path.join(tmp, "primary"), options=PRIMARY_OPTIONS)
@@ -87,17 +90,18 @@ def _set_up(
         cleanup.callback(server.stop)
         server.start()
     replica.replicate(primary)
-    connect_args = bench._pool_config(primary.dsn(), None).connect_args()
-    version = bench._make_fixture(connect_args, settings)
+    connect_args = pool_config(primary.dsn(), None).connect_args()
+    version = make_fixture(connect_args, settings)
     endpoint = f"ipc://{tmp}/bench.sock"
-    proc = _start_broker(tmp, endpoint, primary, replica, settings)
-    cleanup.callback(bench._stop_broker, proc)
+    pool = pool_keys(primary.dsn(), settings)
+    pools = {"alone": pool, "split": dict(pool, replicas=[replica.dsn()])}
+    proc = start_broker(tmp, endpoint, pools, settings, cleanup)
     targets = {}
     for side in SIDES:
         c = client.Client(
             endpoint=endpoint, timeout=settings.timeout, pool=side, replica=True
         )
-        targets[side] = bench.Target(c, connect_args, proc.pid, primary.pid, side)
+        targets[side] = Target(c, connect_args, proc.pid, primary.pid, side)
     _wait_serving(targets["split"].client)
     about = (
         f"broker bench: {version}, primary 127.0.0.1:{primary.port} and replica "
@@ -110,22 +114,6 @@ def _set_up(
     return targets, about
 
 
-def _start_broker(
-    tmp: str,
-    endpoint: str,
-    primary: Sandbox,
-    replica: Sandbox,
-    settings: bench.Settings,
-) -> subprocess.Popen:
-    pool = bench.pool_keys(primary.dsn(), settings)
-    lines = bench.broker_lines(endpoint, settings)
-    for side in SIDES:
-        keys = dict(pool, replicas=[replica.dsn()]) if side == "split" else pool
-        lines += ["", f"[pools.{side}]"]
-        lines += [f"{k} = {bench._toml(v)}" for k, v in keys.items()]
-    return bench.launch_broker(tmp, lines)
-
-
 def _wait_serving(c: client.Client) -> None:
     deadline = time.monotonic() + SERVING_TIMEOUT
     while time.monotonic() < deadline:
@@ -133,7 +121,7 @@ def _wait_serving(c: client.Client) -> None:
             if c.query("SELECT 1").served_by != SERVED_BY_PRIMARY:
                 return
         time.sleep(0.1)
-    raise bench.BenchError(f"the replica did not serve within {SERVING_TIMEOUT:g} s")
+    raise BenchError(f"the replica did not serve within {SERVING_TIMEOUT:g} s")
 
 
 def _split_reads(c: client.Client) -> tuple[int, int]:
@@ -143,28 +131,28 @@ def _split_reads(c: client.Client) -> tuple[int, int]:
 
 
 def _cell(
-    settings: bench.Settings,
-    targets: dict[str, bench.Target],
+    settings: Settings,
+    targets: dict[str, Target],
     n: int,
-    progress: bench.Progress,
+    progress: Progress,
 ) -> dict:
     """Run point reads at n clients on both pools, interleaved; return the row."""
     seconds = settings.duration / settings.rounds
-    runs: dict[str, list[bench.RunResult]] = {side: [] for side in SIDES}
+    runs: dict[str, list[RunResult]] = {side: [] for side in SIDES}
     before = _split_reads(targets["split"].client)
     for round_ in range(settings.rounds):
         for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
             progress.update(f"replica N={n}: {side}, round {round_ + 1}")
-            job = bench.Job("point", "broker", seconds, targets[side], settings)
-            runs[side].append(bench._run(job, n))
+            job = Job("point", "broker", seconds, targets[side], settings)
+            runs[side].append(measure(job, n))
     row: dict = {"scenario": "replica", "clients": n}
     for side, results in runs.items():
         ordered = sorted(lat for r in results for lat in r.latencies)
         row[f"qps_{side}"] = sum(r.rate for r in results) / len(results)
-        row[f"p50_{side}_ms"] = bench.percentile(ordered, 0.50) * 1000
-        row[f"p99_{side}_ms"] = bench.percentile(ordered, 0.99) * 1000
+        row[f"p50_{side}_ms"] = percentile(ordered, 0.50) * 1000
+        row[f"p99_{side}_ms"] = percentile(ordered, 0.99) * 1000
         row[f"errors_{side}"] = sum(r.errors for r in results)
-        row[f"broker_us_{side}"] = bench._per_unit(
+        row[f"broker_us_{side}"] = per_unit(
             [r.cpu_seconds for r in results], results, 1
         )
     after = _split_reads(targets["split"].client)

@@ -2,19 +2,16 @@
 
 `make_broker(**pool_keys)` writes a TOML config (the per-test database, the
 broker user's password in a password_file) and starts ``python -m broker
-serve``; it returns once the broker answers a ping. Teardown sends SIGTERM and
-waits; the broker's log is printed when a test fails.
+serve`` through `broker.launch`, the launcher `broker bench` uses too; it
+returns once the broker answers a ping. Teardown sends SIGTERM and waits; the
+broker's log is printed when a test fails.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,23 +20,13 @@ import pytest
 import zmq
 
 import client
+from broker.launch import START_TIMEOUT, LaunchError, ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-class BrokerProcess:
-    """A `broker serve` subprocess with its own config, socket and log."""
+class BrokerProcess(ServeProcess):
+    """A `broker serve` subprocess on the test database, logging at debug."""
 
     def __init__(
         self,
@@ -50,12 +37,9 @@ class BrokerProcess:
         broker: dict[str, Any],
         pools: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self.workdir = workdir
-        self.endpoint = f"ipc://{workdir}/broker.sock"
-        self.config_path = workdir / "broker.toml"
-        self.log_path = workdir / "broker.log"
-        self.proc: subprocess.Popen | None = None
-        self.env: dict[str, str] = {}
+        endpoint = f"ipc://{workdir}/broker.sock"
+        super().__init__(workdir, endpoint, flags=("--log-level", "debug"))
+        self.env["PYTHONPATH"] = str(ROOT)  # this checkout's broker, not another
         self.write_config(dsn, password_file, pool, broker, pools)
 
     def write_config(
@@ -70,63 +54,27 @@ class BrokerProcess:
         # The ipc endpoint always comes first: the fixture waits on it.
         broker = dict(broker)
         endpoints = [self.endpoint, *broker.pop("endpoint", [])]
-        lines = ["[broker]", f"endpoint = {_toml_value(endpoints)}"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in broker.items()]
         all_pools = {"default": pool, **(pools or {})}
-        for name, keys in all_pools.items():
-            keys = {"dsn": dsn, "password_file": password_file, **keys}
-            lines += ["", f"[pools.{name}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.write(
+            {"endpoint": endpoints, **broker},
+            {
+                name: {"dsn": dsn, "password_file": password_file, **keys}
+                for name, keys in all_pools.items()
+            },
+        )
 
     def start(self, wait: bool = True) -> None:
         """Start `broker serve` and wait until it answers a ping."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-        env.update(self.env)
-        env["PYTHONPATH"] = str(ROOT)
-        log = open(self.log_path, "ab")  # noqa: SIM115  the child owns it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "broker",
-                "serve",
-                "--config",
-                str(self.config_path),
-                "--log-level",
-                "debug",
-            ],
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=ROOT,
-        )
-        log.close()
+        super().start()
         if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until the broker answers a ping and its pools have connected."""
-        deadline = time.monotonic() + timeout
-        with client.Client(endpoint=self.endpoint, timeout=0.5) as c:
-            while True:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    pytest.fail(
-                        f"broker exited with {self.proc.returncode}:\n{self.log()}"
-                    )
-                try:
-                    stats = c.stats()
-                except client.BrokerUnavailable:
-                    stats = None
-                if stats and all(
-                    p["size"] >= p["min_size"] or p["unreachable"]
-                    for p in stats["pools"].values()
-                ):
-                    return
-                if time.monotonic() > deadline:
-                    pytest.fail(f"broker not ready after {timeout} s:\n{self.log()}")
-                time.sleep(0.05)
+        try:
+            super().wait_ready(timeout)
+        except LaunchError as err:
+            pytest.fail(f"{err}:\n{self.log()}")
 
     def client(self, **kwargs: Any) -> client.Client:
         """Return a Client for this broker."""
@@ -138,30 +86,11 @@ class BrokerProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 40.0) -> int:
-        """SIGTERM the broker and return its exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
     def kill(self) -> None:
         """SIGKILL the broker, as a crash would."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
-
-    def log(self) -> str:
-        """Return what the broker logged."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
 
 def stop_all(request: pytest.FixtureRequest, started: list[BrokerProcess]) -> None:
