@@ -17,12 +17,13 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from broker import statement
 from broker.backend import Backend, error_from_packets
-from broker.connector import Connector
+from broker.connector import Connector, Outcome
 from client import errors
 from client.protocol import Op
 
@@ -151,6 +152,41 @@ class Canceller:
             backend.thread_id,
             backend,
         )
+
+    def killed(self, outcome: Outcome) -> Backend | None:
+        """Take MySQL's answer to a KILL QUERY; return the backend if now free.
+
+        A KILL that failed drops the connection instead: its statement may
+        run on, and nothing else would stop it.
+        """
+        backend: Backend = outcome.tag
+        if backend.closed:
+            return None
+        now = time.monotonic()
+        took = now - backend.cancel_started
+        backend.kill_answered(now)
+        if outcome.error is not None:
+            log.warning(
+                "pool %s: KILL QUERY %d failed: %s",
+                backend.pool.name,
+                backend.thread_id,
+                outcome.error,
+            )
+            self.drop(backend, "could not cancel its statement")
+            return None
+        if took > backend.pool.config.kill_grace:
+            backend.pool.metrics.slow_kills += 1
+            log.info(
+                "pool %s: KILL QUERY %d took %.1f s",
+                backend.pool.name,
+                backend.thread_id,
+                took,
+            )
+        if backend.running:
+            return None  # the statement's own response frees it
+        # A statement stopped between commands may have left state behind.
+        backend.dirty = backend.dirty or backend.pin is None
+        return backend
 
     @staticmethod
     def drop(backend: Backend, reason: str) -> None:

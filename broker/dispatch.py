@@ -12,7 +12,7 @@ request, resets it, recycles it, or gives it back to its pool. Invariants:
 - a request is answered exactly once;
 - a statement is never re-sent after it may have reached MySQL; a read hit
   by a KILL meant for the one ahead of it is the one exception, being a
-  plain read (see `_pipeable`);
+  plain read (see `broker.pipeline`);
 - a backend leaves a session, or any pin that may have left session state,
   reset (COM_RESET_CONNECTION and the setup statements) before reuse.
 """
@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from broker import statement
+from broker import pipeline, statement
 from broker.backend import (
     COM_PING,
     COM_QUERY,
@@ -48,32 +48,11 @@ from client.protocol import Op, Status
 log = logging.getLogger(__name__)
 
 PING_AFTER_IDLE = 5.0  # health-check a connection idle longer than this before use
-# Pipeline a read only behind one sent this recently: one that has run longer
-# may be slow, and whatever waits behind it on its connection waits as long.
-PIPELINE_WINDOW = 0.002
-MAX_PIPED_BYTES = 65536  # longer statements gain nothing from sharing a trip
 _ALLOWED = {
     "transaction": (Op.QUERY, Op.EXECUTEMANY, Op.COMMIT, Op.ROLLBACK),
     "session": (Op.QUERY, Op.EXECUTEMANY, Op.SESSION_CLOSE),
     "stream": (Op.STREAM_NEXT, Op.STREAM_CLOSE),
 }
-
-
-def _pipeable(req: Request) -> bool:
-    """Whether a request is a plain read that may wait behind another on a connection.
-
-    Its result does not depend on what ran before it on the connection, it
-    leaves nothing behind for what runs after, and repeating it is harmless
-    (see `Dispatch._query_done`: a read hit by a KILL QUERY meant for the one
-    ahead of it runs again).
-    """
-    body = req.body
-    return (
-        req.op == Op.QUERY
-        and len(body) < MAX_PIPED_BYTES
-        and statement.is_read(body)
-        and statement.leaves_session_clean(body)
-    )
 
 
 def connect_error(err: Exception | None) -> errors.Error:
@@ -128,11 +107,11 @@ class Dispatch:
             self.start(backend, req)
             return
         if pool.config.pipeline_depth > 1:
-            req.pipeable = _pipeable(req)
+            req.pipeable = pipeline.pipeable(req)
             if req.pipeable and not pool.queue:
-                backend = self._pipeline_target(pool)
+                backend = pipeline.target(pool)
                 if backend is not None:
-                    self._pipe(backend, req)
+                    pipeline.pipe(backend, req)
                     return
         if len(pool.queue) >= MAX_QUEUE:
             pool.metrics.pool_timeouts += 1
@@ -145,40 +124,6 @@ class Dispatch:
         else:
             pool.enqueue(req)
             pool.open_if_needed()  # room for one more now that it waits
-
-    def _pipeline_target(self, pool: Pool) -> Backend | None:
-        """Return the busy connection with the fewest reads behind a fresh read."""
-        room = pool.config.pipeline_depth - 1
-        fresh = time.monotonic() - PIPELINE_WINDOW
-        best = None
-        for backend in pool.backends:
-            if (
-                backend.pipe_ok
-                and backend.request is not None
-                and not backend.cancelling
-                and backend.head_since >= fresh
-                and len(backend.piped) < room
-                and (best is None or len(backend.piped) < len(best.piped))
-            ):
-                best = backend
-        return best
-
-    @staticmethod
-    def _pipe(backend: Backend, req: Request) -> None:
-        backend.pipe(COM_QUERY + req.body, req)
-        backend.pool.metrics.pipelined += 1
-
-    def _fill_pipeline(self, backend: Backend) -> None:
-        """Send the plain reads at the head of the queue behind the one just sent."""
-        pool = backend.pool
-        queue = pool.queue
-        room = pool.config.pipeline_depth - 1
-        while queue and queue[0].pipeable and len(backend.piped) < room:
-            req = pool.dequeue()
-            if time.monotonic() < req.deadline:
-                self._pipe(backend, req)
-            else:
-                fail_unsent(req)
 
     def start(self, backend: Backend, req: Request) -> None:
         """Run req on the backend assigned to it, health-checking one that sat idle."""
@@ -231,13 +176,13 @@ class Dispatch:
         op = req.op
         if op == Op.QUERY:
             if backend.pool.config.pipeline_depth > 1 and req.pipeable is None:
-                req.pipeable = _pipeable(req)
+                req.pipeable = pipeline.pipeable(req)
             if not req.pipeable and not statement.leaves_session_clean(req.body):
                 backend.dirty = True
             backend.send(COM_QUERY + req.body, self._query_done, req.deadline)
             if req.pipeable:
                 backend.pipe_ok = True
-                self._fill_pipeline(backend)
+                pipeline.fill(backend)
         elif op == Op.EXECUTEMANY:
             if not all(map(statement.leaves_session_clean, req.body)):
                 backend.dirty = True
@@ -668,30 +613,7 @@ class Dispatch:
             pool.dequeue().fail(err)
 
     def killed(self, outcome: Outcome) -> None:
-        """Take MySQL's answer to a KILL QUERY: free the backend, or drop it."""
-        backend: Backend = outcome.tag
-        if backend.closed:
-            return
-        now = time.monotonic()
-        took = now - backend.cancel_started
-        backend.kill_answered(now)
-        if outcome.error is not None:
-            log.warning(
-                "pool %s: KILL QUERY %d failed: %s",
-                backend.pool.name,
-                backend.thread_id,
-                outcome.error,
-            )
-            self.canceller.drop(backend, "could not cancel its statement")
-            return
-        if took > backend.pool.config.kill_grace:
-            backend.pool.metrics.slow_kills += 1
-            log.info(
-                "pool %s: KILL QUERY %d took %.1f s",
-                backend.pool.name,
-                backend.thread_id,
-                took,
-            )
-        if not backend.running:
-            backend.dirty = backend.dirty or backend.pin is None
+        """Take MySQL's answer to a KILL QUERY; go on with a backend now free."""
+        backend = self.canceller.killed(outcome)
+        if backend is not None:
             self.after_command(backend)
