@@ -6,11 +6,12 @@ Measured on 2 cores, this beat an I/O thread handing requests to pymysql
 worker threads by about 2x: the GIL and per-query thread hand-offs, not
 MySQL, were the ceiling.
 
-`Broker` builds the parts, each named for whom it acts: `Frontend` (clients),
-`Dispatch` (a request's way onto a connection and back), `ReadSplit`
-(replicas), `Janitor` (the tick), `Reloader` (SIGHUP); arrows point only
-down that list. It hands each ready socket to its owner and each connector
-outcome to the part that asked. Invariants:
+`Broker` builds the parts, each named for whom it acts and each calling only
+those after it: `Reloader` (SIGHUP), `Janitor` (the tick), `Frontend`
+(clients: requests in, replies out, with `Report` for stats), `ReadSplit`
+(replicas), `Dispatch` (a request's way onto a connection and back), and
+under them `Pool` and `Backend`. The loop hands each ready socket to its
+owner and each connector outcome to the part that asked for it. Invariants:
 
 - a signal handler does nothing; the signal number arrives on the wake-up
   pipe and the loop acts on it between events;
