@@ -70,7 +70,7 @@ class Dispatch:
         self, pools: dict[str, Pool], connector: Connector, metrics: BrokerMetrics
     ) -> None:
         self.pools = pools  # the configured pools, shared with the loop and reload
-        self.replica_pools: list[Pool] = []  # set once by the loop (broker.readsplit)
+        self.replica_pools: list[Pool] = []  # the replicas' pools, set by the loop
         self.backends: dict[int, Backend] = {}  # by socket fd, for the poller
         self.pins = Pins()
         self.canceller = Canceller(connector)

@@ -84,6 +84,8 @@ class Broker:
         }
         self.dispatch = Dispatch(self.pools, self.connector, metrics)
         self.readsplit = ReadSplit(config, self.connector, self.dispatch)
+        # A changed replicas list needs a restart, so this list stays.
+        self.dispatch.replica_pools = self.readsplit.pools()
         self.frontend = Frontend(
             config, self.poller, self.dispatch, self.readsplit, metrics, loop
         )

@@ -101,7 +101,6 @@ class ReadSplit:
             if cfg.replicas:
                 replicas = [Replica(rc, connector) for rc in cfg.replica_configs()]
                 self.sets[name] = ReplicaSet(dispatch.pools[name], replicas)
-        dispatch.replica_pools = self.pools()
 
     def pools(self) -> list[Pool]:
         """Return every replica's pool, for the broker's upkeep loops."""
