@@ -180,7 +180,7 @@ class Dispatch:
             if not req.pipeable and not statement.leaves_session_clean(req.body):
                 backend.dirty = True
             backend.send(COM_QUERY + req.body, self._query_done, req.deadline)
-            if req.pipeable:
+            if req.pipeable and not backend.closed:  # a failed write closes it
                 backend.pipe_ok = True
                 pipeline.fill(backend)
         elif op == Op.EXECUTEMANY:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fake_mysql import Harness, err, ok
+from fake_mysql import Harness, err, ok, result
 
 from broker.backend import State
 from broker.janitor import Janitor
@@ -246,6 +246,27 @@ def test_closing_a_session_resets_its_backend(h):
     assert (0x1F, b"") in fake.received  # COM_RESET_CONNECTION
     assert fake.sql()[-1] == b"SET autocommit=1"
     assert h.pool.metrics.resets == 1
+
+
+def test_a_stream_pauses_between_chunks_and_frees_its_backend_at_the_end(h):
+    (backend,) = h.backends(1)
+    rows = [(i,) for i in range(5)]
+    h.fake(backend).script[b"SELECT n FROM t"] = result(["n"], rows)
+    h.dispatch.acquire(h.request(1, Op.STREAM_OPEN, [b"SELECT n FROM t", 2, {}]))
+    h.pump(h.answered(1))
+    status, (pin_id, done, _) = h.sink.replies[1]
+    assert (status, done) == (Status.CHUNK, False)
+    assert backend.paused
+    assert backend.deadline == 0.0  # paused: the pin's idle timeout applies
+    assert backend.state is State.BUSY  # the rest of the result is still coming
+    assert backend.pin.id == pin_id
+    for req_id in (2, 3):
+        h.dispatch.pinned(h.request(req_id, Op.STREAM_NEXT, None, pin=pin_id))
+        h.pump(h.answered(req_id))
+    assert [h.sink.replies[i][1][1] for i in (2, 3)] == [False, True]
+    assert backend.pin is None
+    assert pin_id not in h.dispatch.pins.open
+    assert backend.state is State.IDLE
 
 
 def test_a_failing_reset_replaces_the_connection(h):
