@@ -312,6 +312,29 @@ def test_a_read_is_pipelined_behind_a_fresh_read():
         h.close()
 
 
+def test_no_read_is_piped_onto_a_backend_whose_write_failed():
+    h = Harness(max_size=1, pipeline_depth=2)
+    try:
+        (backend,) = h.backends(1)
+        fake = h.fake(backend)
+        fake.hold = True
+        h.dispatch.acquire(h.request(1, Op.QUERY, b"UPDATE t SET a = 1"))
+        h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2"))
+        third = h.request(3, Op.QUERY, b"SELECT 3")
+        h.dispatch.acquire(third)
+        assert len(h.pool.queue) == 2  # nothing pipes behind a write
+        h.pump(lambda: bool(fake.held))
+        fake.release()
+        fake.die()  # the write of SELECT 2 fails
+        h.pump(h.answered(1, 2))
+        assert h.sink.replies[1][0] == Status.PACKETS
+        assert type(_error(h.sink.replies[2])) is errors.OperationalError
+        assert backend.state is State.CLOSED
+        assert list(h.pool.queue) == [third]  # waits for a new connection
+    finally:
+        h.close()
+
+
 def test_a_draining_broker_refuses_new_work(h):
     h.backends(1)
     h.dispatch.draining = True
