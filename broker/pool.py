@@ -9,11 +9,10 @@ client's transaction, session or stream, or resetting. The verbs below
 `dequeue`, `unqueue` and `expire_queue` are the only ones that edit the
 queue. Others read both freely.
 
-`size` counts every
-live backend, those being opened, and connections the server still holds for
-us after we let go (`dying`: dropped mid-statement, or left by a dead
-predecessor, until PROCESSLIST confirms them gone); it never exceeds
-``max_size``. The pool's one side connection for KILLs (`broker.reaper`) is
+`size` counts every live backend, those being opened, and connections the
+server still holds for us after we let go (`dying`: dropped mid-statement, or
+left by a dead predecessor, until PROCESSLIST confirms them gone); it never
+exceeds ``max_size``. The pool's one side connection for KILLs (`broker.reaper`) is
 the only connection beyond it.
 
 When no backend is idle a request waits in `queue` (bounded) until one frees,
