@@ -33,9 +33,9 @@ from broker.config import (
 )
 
 if TYPE_CHECKING:
+    from broker.loop import Broker
     from broker.loops import LoopSlot
     from broker.sandbox import Sandbox
-    from broker.server import Server
 
 log = logging.getLogger("broker")
 
@@ -168,8 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(config.broker.log_level)
     for warning in config_warnings(config, _unit_stop_timeout()):
         log.warning("%s", warning)
+    from broker.loop import Broker
     from broker.sandbox import Sandbox, SandboxError
-    from broker.server import Server
 
     sandbox = None
     sandbox_dsn = None
@@ -194,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if config.broker.loops > 1:
             return _serve_loops(config, reload, sandbox)
-        server = Server(config, reload=reload)
+        server = Broker(config, reload=reload)
         try:
             try:
                 server.bind()
@@ -211,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("stopped")
 
 
-def _run(server: Server) -> int:
+def _run(server: Broker) -> int:
     try:
         return server.run()
     except Exception:
@@ -234,8 +234,8 @@ def _serve_loops(
 ) -> int:
     """Run `[broker] loops` I/O loop processes on sockets bound here (broker.loops)."""
     from broker.ipc import listen_unix, unlink_socket
+    from broker.loop import Broker
     from broker.loops import share, supervise
-    from broker.server import Server
 
     loops = config.broker.loops
     listening: dict[str, socket.socket] = {}
@@ -262,7 +262,7 @@ def _serve_loops(
         def reload_share() -> Config:
             return share(reload(), slot.index, loops)
 
-        server = Server(share(config, slot.index, loops), reload_share, loop=slot)
+        server = Broker(share(config, slot.index, loops), reload_share, loop=slot)
         try:
             server.bind(listening)
             server.start_pools()

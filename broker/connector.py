@@ -42,7 +42,7 @@ class Outcome:
     pool: str
     conn: pymysql.connections.Connection | None = None
     error: Exception | None = None
-    tag: Any = None  # the kill's worker; what a reap or sweep found
+    tag: Any = None  # the kill's backend; what a reap or sweep found
 
 
 def setup_statements(pool: PoolConfig) -> list[str]:
@@ -94,7 +94,7 @@ class Connector:
                 **pool.connect_args(),
                 # A server that accepts but never greets must not hold this
                 # thread for ever: pymysql reads the greeting without a timeout.
-                # (The worker then makes the socket non-blocking.)
+                # (The backend then makes the socket non-blocking.)
                 read_timeout=pool.connect_timeout,
                 write_timeout=pool.connect_timeout,
                 autocommit=True,
@@ -117,7 +117,7 @@ class Connector:
         args = dict(connect_args, connect_timeout=KILL_CONNECT_TIMEOUT)
         try:
             self.sides[pool].run(args, f"KILL QUERY {int(thread_id)}")
-        except Exception as err:  # reported; the loop closes the worker instead
+        except Exception as err:  # reported; the loop drops the backend instead
             self.report(Outcome("kill", pool, error=err, tag=tag))
             return
         self.report(Outcome("kill", pool, tag=tag))

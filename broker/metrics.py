@@ -158,8 +158,8 @@ class Exporter:
                 conns.add_metric([name, state], pool[state])
             for key, family in gauges.items():
                 family.add_metric([name], pool[key])
-            for key, family in counters.items():
-                family.add_metric([name], pool[key])
+            for key, counter in counters.items():
+                counter.add_metric([name], pool[key])
             for q in ("p50", "p99"):
                 latency.add_metric([name, f"0.{q[1:]}"], pool["latency_ms"][q] / 1000)
         yield conns

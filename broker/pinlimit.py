@@ -17,11 +17,13 @@ answered without a pin (refused, failed, timed out) gives its place back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from broker.request import Pin, Request
 from client import errors
 from client.wire.protocol import Op
+
+if TYPE_CHECKING:
+    from broker.request import Pin, Request
 
 OPENS_PIN = frozenset({Op.BEGIN, Op.SESSION_OPEN, Op.STREAM_OPEN})
 

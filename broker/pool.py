@@ -1,16 +1,23 @@
-"""One named pool of workers, each owning one MySQL connection.
+"""One named pool of backends (MySQL connections), and the one writer of their state.
 
-A worker is idle (in `_idle`), busy with exactly one request, pinned to one
-client's transaction, session or stream, or resetting. `size` counts every
-live worker, those being opened, and connections the server still holds for
-us after we let go (`dying`: dropped mid-statement, or left by a dead
-predecessor, until PROCESSLIST confirms them gone); it never exceeds
-``max_size``. The pool's one side connection for KILLs (`broker.reaper`) is
+A backend is idle (in `_idle`), busy with exactly one request, pinned to one
+client's transaction, session or stream, or resetting. The verbs below
+(`take_idle`, `assign`, `detach`, `next_piped`, `pin`, `park`, `unpin`,
+`start_reset`, `check_in`, `forget`) are the only writers of a backend's
+``state``, ``request``, ``pin`` and ``reset_steps``, as PgBouncer's
+``change_server_state`` is of ``server->state``; `enqueue`, `requeue`,
+`dequeue`, `unqueue` and `expire_queue` are the only ones that edit the
+queue. Others read both freely.
+
+`size` counts every live backend, those being opened, and connections the
+server still holds for us after we let go (`dying`: dropped mid-statement, or
+left by a dead predecessor, until PROCESSLIST confirms them gone); it never
+exceeds ``max_size``. The pool's one side connection for KILLs (`broker.reaper`) is
 the only connection beyond it.
 
-When no worker is idle a request waits in `_queue` (bounded) until one frees,
+When no backend is idle a request waits in `queue` (bounded) until one frees,
 its queue_timeout passes (PoolTimeout) or its deadline passes (QueryTimeout,
-never sent). While the server is unreachable and the pool holds no worker,
+never sent). While the server is unreachable and the pool holds no backend,
 requests fail at once with the connect error: nothing piles up; except that
 a request arriving when no connect is under way starts one at once, whatever
 the back-off, and waits for it (`connect_now`).
@@ -22,13 +29,16 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from broker.backend import Backend, State
 from broker.config import PoolConfig
 from broker.connector import Connector, Outcome, is_auth_failure
 from broker.metrics import PoolMetrics
 from broker.reaper import REAP_TIMEOUT
-from broker.worker import State, Worker
+
+if TYPE_CHECKING:
+    from broker.request import Pin, Request
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +56,21 @@ PROMPT_WAIT = 1.0
 
 
 class Pool:
-    """Workers of one ``[pools.NAME]``: limits, queue, opening and recycling rules."""
+    """Backends of one ``[pools.NAME]``: limits, queue, states, opening, recycling."""
 
     def __init__(self, config: PoolConfig, connector: Connector) -> None:
         self.name = config.name
         self.config = config
         self.metrics = PoolMetrics()
         self._connector = connector
-        self._idle: list[Worker] = []  # LIFO: hot connections first, cold ones age out
-        self.workers: set[Worker] = set()
+        self._idle: list[Backend] = []  # LIFO: hot connections first, old ones age out
+        self.backends: set[Backend] = set()
         self.opening = 0
-        self.queue: collections.deque[Any] = collections.deque()
+        # Requests waiting for a backend, oldest first; edited by the verbs below.
+        self.queue: collections.deque[Request] = collections.deque()
         self.info: dict[str, Any] | None = None  # charset, status, version: for HELLO
         self.generation = 0  # bumped when the DSN or password changes
-        self._worker_generation: dict[Worker, int] = {}
+        self._backend_generation: dict[Backend, int] = {}
         self.last_error: Exception | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -74,53 +85,124 @@ class Pool:
 
     @property
     def size(self) -> int:
-        """Live workers plus those being opened: what counts against max_size."""
-        return len(self.workers) + self.opening + len(self.dying)
+        """Live backends plus those being opened: what counts against max_size."""
+        return len(self.backends) + self.opening + len(self.dying)
 
     @property
     def idle(self) -> int:
-        """How many workers are idle, ready for a request."""
+        """How many backends are idle, ready for a request."""
         return len(self._idle)
 
     @property
     def failing(self) -> bool:
-        """Whether the server is unreachable: no worker, and the last connect failed."""
-        return not self.workers and self.last_error is not None
+        """Whether the server is unreachable: no backend and the last connect failed."""
+        return not self.backends and self.last_error is not None
 
-    def check_out(self) -> Worker | None:
-        """Return an idle worker, or None (and start opening one if there is room)."""
+    # The verbs: the only writers of a backend's state and holder ----------------
+
+    def take_idle(self, req: Request | None = None) -> Backend | None:
+        """Return an idle backend now BUSY for req, or None (and open one if room)."""
         if self._idle:
-            worker = self._idle.pop()
-            worker.state = State.BUSY
-            return worker
+            backend = self._idle.pop()
+            backend.state = State.BUSY
+            backend.request = req
+            return backend
         self.open_if_needed()
         return None
 
-    def check_in(self, worker: Worker) -> None:
-        """Take back a worker that is clean and free."""
-        worker.state = State.IDLE
-        worker.pin = None
-        self._idle.append(worker)
+    @staticmethod
+    def assign(backend: Backend, req: Request) -> None:
+        """Make a free or pinned backend BUSY running req."""
+        backend.state = State.BUSY
+        backend.request = req
 
-    def needs_recycling(self, worker: Worker, now: float) -> bool:
-        """Whether a free worker should be closed instead of reused."""
+    @staticmethod
+    def detach(backend: Backend) -> Request | None:
+        """Return the request a backend's command answers, and let go of it."""
+        req = backend.request
+        backend.request = None
+        return req
+
+    @staticmethod
+    def next_piped(backend: Backend) -> None:
+        """Make the next piped read the one whose response comes next."""
+        req = backend.piped.popleft()
+        backend.cancel_started = 0.0  # the cancelled statement, if any, has ended
+        # One answered while it waited runs unwanted: its deadline (passed) kills it.
+        backend.request = None if req.cancelled else req
+        backend.deadline = req.deadline
+
+    @staticmethod
+    def pin(backend: Backend, pin: Pin, busy: bool = False) -> None:
+        """Hold a backend for pin: PINNED, or BUSY when a stream's first chunk runs."""
+        backend.pin = pin
+        backend.request = None
+        backend.state = State.BUSY if busy else State.PINNED
+
+    @staticmethod
+    def park(backend: Backend) -> None:
+        """Return a pinned backend whose command ended to its pin."""
+        backend.state = State.PINNED
+
+    @staticmethod
+    def unpin(backend: Backend) -> None:
+        """Let go of a backend's pin; releasing it (`check_in`, a reset) comes next."""
+        backend.pin = None
+
+    @staticmethod
+    def start_reset(backend: Backend, steps: list[bytes]) -> None:
+        """Make a free backend RESETTING: it sends steps before going back to IDLE."""
+        backend.state = State.RESETTING
+        backend.request = None
+        backend.dirty = False
+        backend.reset_steps = steps
+
+    def check_in(self, backend: Backend) -> None:
+        """Take back a backend that is clean and free: IDLE."""
+        backend.state = State.IDLE
+        backend.pin = None
+        backend.request = None
+        self._idle.append(backend)
+
+    def forget(self, backend: Backend) -> None:
+        """Drop a backend (CLOSED) and open a replacement if one is wanted."""
+        backend.close()
+        backend.state = State.CLOSED
+        backend.piped.clear()
+        self.backends.discard(backend)
+        self._backend_generation.pop(backend, None)
+        if backend in self._idle:
+            self._idle.remove(backend)
+        self.open_if_needed()
+
+    # The queue ---------------------------------------------------------------
+
+    def enqueue(self, req: Request) -> None:
+        """Queue req for the next free backend."""
+        self.queue.append(req)
+
+    def requeue(self, req: Request) -> None:
+        """Put req back at the head of the queue: it was never sent."""
+        self.queue.appendleft(req)
+
+    def dequeue(self) -> Request:
+        """Take the oldest waiting request (the queue must not be empty)."""
+        return self.queue.popleft()
+
+    def unqueue(self, req: Request) -> None:
+        """Take a waiting request out of the queue (cancelled)."""
+        self.queue.remove(req)
+
+    def needs_recycling(self, backend: Backend, now: float) -> bool:
+        """Whether a free backend should be closed instead of reused."""
         cfg = self.config
         return (
             self.retired
-            or now - worker.created > cfg.max_lifetime
-            or (cfg.max_uses and worker.uses >= cfg.max_uses)
-            or self._worker_generation.get(worker) != self.generation
-            or len(self.workers) > cfg.max_size
+            or now - backend.created > cfg.max_lifetime
+            or (cfg.max_uses and backend.uses >= cfg.max_uses)
+            or self._backend_generation.get(backend) != self.generation
+            or len(self.backends) > cfg.max_size
         )
-
-    def forget(self, worker: Worker) -> None:
-        """Drop a closed worker and open a replacement if one is wanted."""
-        worker.close()
-        self.workers.discard(worker)
-        self._worker_generation.pop(worker, None)
-        if worker in self._idle:
-            self._idle.remove(worker)
-        self.open_if_needed()
 
     def open_if_needed(self, now: float | None = None) -> None:
         """Start opening connections up to min_size, or for waiting requests."""
@@ -131,7 +213,7 @@ class Pool:
             return
         wanted = max(
             self.config.min_size,
-            len(self.workers) + min(len(self.queue), self.config.max_size),
+            len(self.backends) + min(len(self.queue), self.config.max_size),
         )
         while self.size < min(wanted, self.config.max_size) and (
             self.opening == 0 or self.last_error is None
@@ -241,24 +323,24 @@ class Pool:
             )
         self.open_if_needed()
 
-    def opened(self, worker: Worker) -> None:
-        """Adopt a newly opened worker."""
+    def opened(self, backend: Backend) -> None:
+        """Adopt a newly opened backend."""
         self.opening -= 1
         self.last_error = None
         self._backoff = 0.0
-        self.workers.add(worker)
-        self._worker_generation[worker] = self.generation
+        self.backends.add(backend)
+        self._backend_generation[backend] = self.generation
         self.metrics.opened += 1
         if self.info is None:
             self.info = {
-                "server_status": worker.server_status,
-                "server_version": worker.server_version,
+                "server_status": backend.server_status,
+                "server_version": backend.server_version,
             }
         log.info(
             "pool %s: connection %d open (%d of max %d)",
             self.name,
-            worker.thread_id,
-            len(self.workers),
+            backend.thread_id,
+            len(self.backends),
             self.config.max_size,
         )
 
@@ -282,28 +364,28 @@ class Pool:
             )
         self.last_error = error
 
-    def idle_to_close(self, now: float) -> list[Worker]:
-        """Return idle workers to close: past idle_timeout above min_size, or due."""
+    def idle_to_close(self, now: float) -> list[Backend]:
+        """Return idle backends to close: past idle_timeout above min_size, or due."""
         cfg = self.config
-        out = [w for w in self._idle if self.needs_recycling(w, now)]
-        spare = len(self.workers) - len(out) - cfg.min_size
-        for worker in self._idle:  # oldest-used first: the bottom of the stack
+        out = [b for b in self._idle if self.needs_recycling(b, now)]
+        spare = len(self.backends) - len(out) - cfg.min_size
+        for backend in self._idle:  # oldest-used first: the bottom of the stack
             if spare <= 0:
                 break
-            if worker not in out and now - worker.last_used > cfg.idle_timeout:
-                out.append(worker)
+            if backend not in out and now - backend.last_used > cfg.idle_timeout:
+                out.append(backend)
                 spare -= 1
         return out
 
     def snapshot(self) -> dict[str, Any]:
         """Return the pool's part of `broker status`, as plain values."""
-        states = collections.Counter(w.state.name.lower() for w in self.workers)
+        states = collections.Counter(b.state.name.lower() for b in self.backends)
         return {
             "dsn": self.config.safe_dsn(),
             "min_size": self.config.min_size,
             "max_size": self.config.max_size,
             "pipeline_depth": self.config.pipeline_depth,
-            "size": len(self.workers),
+            "size": len(self.backends),
             "opening": self.opening,
             "dying": len(self.dying),
             "side_connection": self._connector.sides[self.name].open
@@ -318,13 +400,17 @@ class Pool:
             **self.metrics.snapshot(),
         }
 
-    def expire_queue(self, now: float, reply: Callable[[Any, Exception], None]) -> None:
-        """Answer queued requests whose queue_timeout or deadline has passed."""
+    def expire_queue(self, now: float, reply: Callable[[Request, str], None]) -> None:
+        """Hand reply the queued requests whose queue_timeout or deadline passed.
+
+        reply gets why: "query" (its deadline), "pool" (queue_timeout) or
+        "unreachable" (a connect it prompted still hangs).
+        """
         if not self.queue:
             return
         limit = self.config.queue_timeout
         unreachable = self.failing and now - self._connect_started >= PROMPT_WAIT
-        keep: collections.deque[Any] = collections.deque()
+        keep: collections.deque[Request] = collections.deque()
         for req in self.queue:
             if now >= req.deadline:
                 reply(req, "query")

@@ -2,7 +2,7 @@
 
 `ReadSplit` holds each pool's replicas and decides, for every
 `Op.QUERY_REPLICA` and `Op.STREAM_OPEN_REPLICA`, which server runs it. It
-then hands the request to the server's own acquire path on the chosen pool,
+then hands the request to `Dispatch.acquire` on the chosen pool,
 so queueing, pipelining, deadlines and pins are the primary's code.
 
 - ``replica=True`` allows, never demands: a statement that is not provably a
@@ -27,18 +27,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from broker import gtid
+from broker.backend import Backend
 from broker.config import Config, PoolConfig
-from broker.connector import Outcome
+from broker.connector import Connector, Outcome
+from broker.dispatch import Dispatch
 from broker.pool import Pool
 from broker.replica import Replica, State
-from broker.worker import COM_QUERY, Worker
 from client import errors
 from client.wire import statement
+from client.wire.mysql import COM_QUERY
 from client.wire.protocol import SERVED_BY_PRIMARY, Op
 
 if TYPE_CHECKING:
     from broker.request import Request
-    from broker.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +93,19 @@ class ReplicaSet:
 class ReadSplit:
     """Every pool's replicas, their checks, and the routing of replica reads."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(
+        self, config: Config, connector: Connector, dispatch: Dispatch
+    ) -> None:
+        self._dispatch = dispatch
+        self._connector = connector
         self.sets: dict[str, ReplicaSet] = {}
-        for name, cfg in server.config.pools.items():
+        for name, cfg in config.pools.items():
             if cfg.replicas:
-                replicas = [
-                    Replica(rc, server.connector) for rc in cfg.replica_configs()
-                ]
-                self.sets[name] = ReplicaSet(server.pools[name], replicas)
+                replicas = [Replica(rc, connector) for rc in cfg.replica_configs()]
+                self.sets[name] = ReplicaSet(dispatch.pools[name], replicas)
 
     def pools(self) -> list[Pool]:
-        """Return every replica's pool, for the server's upkeep loops."""
+        """Return every replica's pool, for the broker's upkeep loops."""
         return [r.pool for rs in self.sets.values() for r in rs.replicas]
 
     def pool_for(self, config: PoolConfig | None) -> Pool | None:
@@ -126,7 +128,7 @@ class ReadSplit:
                 if replica.pool is pool:
                     while pool.queue:
                         replica.fallbacks += 1
-                        self._fallback(pool.queue.popleft(), rs)
+                        self._fallback(pool.dequeue(), rs)
                     return True
         return False
 
@@ -135,7 +137,7 @@ class ReadSplit:
         for rs in self.sets.values():
             for replica in rs.replicas:
                 replica.pool.open_if_needed()
-                replica.start(self._server.connector.report)
+                replica.start(self._connector.report)
 
     def close(self) -> None:
         """Stop the lag checks (their threads exit within a check timeout)."""
@@ -143,19 +145,19 @@ class ReadSplit:
             for replica in rs.replicas:
                 replica.stop()
 
-    def adopt(self, worker: Worker) -> None:
+    def adopt(self, backend: Backend) -> None:
         """Have a new primary connection report its writes' GTIDs here."""
-        rs = self.sets.get(worker.pool.config.name)
-        if rs is not None and worker.pool is rs.primary:
-            worker.on_state_change = functools.partial(self._learn, rs)
+        rs = self.sets.get(backend.pool.config.name)
+        if rs is not None and backend.pool is rs.primary:
+            backend.on_state_change = functools.partial(self._learn, rs)
 
-    def _learn(self, rs: ReplicaSet, worker: Worker, data: bytes) -> None:
+    def _learn(self, rs: ReplicaSet, backend: Backend, data: bytes) -> None:
         pos = gtid.last_gtid(data)
         if pos is None:
             return
-        req = worker.request
-        if req is None and worker.pin is not None:
-            req = worker.pin.request
+        req = backend.request
+        if req is None and backend.pin is not None:
+            req = backend.pin.request
         rs.learn(req.client if req is not None else None, pos)
 
     def checked(self, outcome: Outcome) -> None:
@@ -242,13 +244,13 @@ class ReadSplit:
             target.reads += 1
             req.pool = target.pool
             req.served_by = target.served_by
-            self._server._op_acquire(req)
+            self._dispatch.acquire(req)
             return
         self._wait(req, rs, best, need)
 
     def _primary(self, req: Request) -> None:
         req.served_by = SERVED_BY_PRIMARY
-        self._server._op_acquire(req)
+        self._dispatch.acquire(req)
 
     def _fallback(self, req: Request, rs: ReplicaSet) -> None:
         rs.fallbacks += 1
@@ -264,17 +266,17 @@ class ReadSplit:
             replica.pool.config.replica_wait_timeout,
             req.deadline - now - WAIT_MARGIN,
         )
-        worker = replica.pool.check_out() if wait > 0 else None
-        if worker is None:  # no time to wait, or no idle connection to wait on
+        # Held for req, so a deadline or a cancel finds it (KILL QUERY).
+        backend = replica.pool.take_idle(req) if wait > 0 else None
+        if backend is None:  # no time to wait, or no idle connection to wait on
             replica.fallbacks += 1
             self._fallback(req, rs)
             return
         replica.ryw_waits += 1
         req.pool = replica.pool
         req.served_by = replica.served_by
-        worker.request = req  # so a deadline or a cancel finds it (KILL QUERY)
         sql = f"SELECT MASTER_GTID_WAIT('{gtid.to_text(need)}', {wait:.3f})"
-        worker.send(
+        backend.send(
             COM_QUERY + sql.encode(),
             functools.partial(self._waited, rs, replica, need),
             req.deadline,
@@ -285,28 +287,29 @@ class ReadSplit:
         rs: ReplicaSet,
         replica: Replica,
         need: gtid.Position,
-        worker: Worker,
+        backend: Backend,
         data: bytes | None,
         err: errors.Error | None,
     ) -> None:
-        server = self._server
-        req = worker.request
-        worker.request = None
+        dispatch = self._dispatch
+        req = backend.request
         if err is not None:
-            server._lost(worker, None, err)
+            backend.pool.detach(backend)
+            dispatch.lost(backend, None, err)
             if req is not None:  # the read itself was never sent
                 replica.fallbacks += 1
                 self._fallback(req, rs)
             return
         if req is None:  # answered meanwhile (deadline, cancel); a KILL is coming
-            server._after_command(worker)
+            dispatch.after_command(backend)
             return
-        if not worker.scanner.error and gtid.first_value(data or b"") == b"0":
+        if not backend.scanner.error and gtid.first_value(data or b"") == b"0":
             gtid.advance(replica.position, need)
             replica.reads += 1
-            server._start(worker, req)
+            dispatch.start(backend, req)  # still held for req: the read goes next
             return
         replica.ryw_timeouts += 1
         replica.fallbacks += 1
-        server._release(worker)
+        backend.pool.detach(backend)
+        dispatch.release(backend)
         self._fallback(req, rs)

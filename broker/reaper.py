@@ -3,7 +3,7 @@
 What `max_size` counts is what MySQL holds, and MySQL keeps a connection whose
 client vanished for as long as its statement runs. So:
 
-- every statement a worker sends starts with `statement_tag()`, a comment
+- every statement a backend sends starts with `statement_tag()`, a comment
   naming this broker (host, pid), visible in PROCESSLIST's INFO column;
 - each pool has one side connection (`SideLink`), opened at its first use
   and reused, for ``KILL QUERY``, ``KILL CONNECTION`` and PROCESSLIST checks:

@@ -232,7 +232,7 @@ class Replica:
     def snapshot(self) -> dict[str, Any]:
         """Return this replica as `broker status` shows it."""
         pool = self.pool
-        size = len(pool.workers)
+        size = len(pool.backends)
         return {
             "address": self.address,
             "state": self.state.value,

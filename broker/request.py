@@ -1,24 +1,42 @@
 """One client request and one pin: what the broker holds while serving them.
 
-A `Request` lives from its arrival to its one reply. A `Pin` holds a worker
-for one client's transaction, session or stream between its requests.
-`check_body` vets the untrusted part of a request before anything acts on it.
+A `Request` lives from its arrival to its one reply, which it sends itself
+(`answer`, `reply`, `fail`) through the `Sink` that decoded it: code below
+the frontend answers a request without knowing the frontend. A `Pin` holds a
+backend for one client's transaction, session or stream between its
+requests; `Pins` is the table of open pins. `check_body` vets the untrusted
+part of a request before anything acts on it.
 """
 
 from __future__ import annotations
 
+import collections
+import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.ipc import Peer
+from broker.pinlimit import PinLimits
+from client import errors
 from client.pinned import ISOLATION_LEVELS
-from client.wire.protocol import Op, seconds_left
+from client.wire.protocol import Op, Status, seconds_left
 
 if TYPE_CHECKING:
+    from broker.backend import Backend
     from broker.pool import Pool
-    from broker.worker import Worker
 
 PeerId = bytes | Peer  # a ROUTER routing id, or a native ipc connection
+ENDED_PINS_KEPT = 4096  # remember why recent pins ended, to say so to late users
+
+
+class Sink(Protocol):
+    """Where a request's one reply goes: the frontend that decoded it."""
+
+    def answer(self, req: Request, status: int, body: Any) -> None:
+        """Send req's reply."""
+
+    def pool_info(self, pool: Pool) -> dict[str, Any]:
+        """Return what a HELLO reply says of pool's server and the broker."""
 
 
 class Request:
@@ -41,20 +59,29 @@ class Request:
         "replies",
         "req_id",
         "served_by",
+        "sink",
         "steps",
         "timeout",
     )
 
     def __init__(
-        self, peer: PeerId, req_id: int, op: int, pool: Pool | None, pin: int, body: Any
+        self,
+        peer: PeerId,
+        req_id: int,
+        op: int,
+        pool: Pool | None,
+        pin: int,
+        body: Any,
+        sink: Sink,
     ) -> None:
+        self.sink = sink
         self.peer = peer
         self.req_id = req_id
         self.op = op
         self.pool = pool
         self.pin = pin
         self.body = body
-        self.client: Any = None  # the key counted in Server._inflight, until answered
+        self.client: Any = None  # the key counted in Frontend._inflight, until answered
         self.owner: Any = None  # who may use a pin this request opens (see Pin)
         self.cancelled = (
             ""  # why a write was cancelled; its reply waits for the outcome
@@ -68,6 +95,26 @@ class Request:
         self.replies: list[bytes] = []
         self.steps: list[bytes] = []
         self.served_by: str | None = None  # a replica op's server, told in the reply
+
+    def answer(self, status: int, body: Any) -> None:
+        """Send the one reply, uncounted (pins, ping, hello)."""
+        self.sink.answer(self, status, body)
+
+    def reply(self, status: int, body: Any) -> None:
+        """Send the one reply with a result; count it served in its pool."""
+        if self.served_by is not None:  # a replica op: say which server ran it
+            status, body = Status.SERVED, [self.served_by, status, body]
+        self.sink.answer(self, status, body)
+        pool = self.pool
+        if pool is not None:
+            pool.metrics.latencies.append(time.monotonic() - self.received)
+            pool.metrics.served += 1
+
+    def fail(self, err: errors.Error) -> None:
+        """Send the one reply as an error; count it failed in its pool."""
+        self.sink.answer(self, Status.ERROR, errors.to_wire(err))
+        if self.pool is not None:
+            self.pool.metrics.failed += 1
 
 
 def start_by(req: Request, deadline: list[float] | None, same_host: bool) -> bool:
@@ -85,9 +132,10 @@ def start_by(req: Request, deadline: list[float] | None, same_host: bool) -> boo
 
 
 class Pin:
-    """A worker held for one client's transaction, session or stream."""
+    """A backend held for one client's transaction, session or stream."""
 
     __slots__ = (
+        "backend",
         "done",
         "id",
         "kind",
@@ -98,19 +146,18 @@ class Pin:
         "pool",
         "request",
         "who",
-        "worker",
     )
 
     def __init__(
-        self, pin_id: int, kind: str, worker: Worker, who: Any, owner: Any
+        self, pin_id: int, kind: str, backend: Backend, who: Any, owner: Any
     ) -> None:
         self.id = pin_id
         # The client process (host, pid) or CurveZMQ key that opened it; only
         # it may use the pin. None (plain tcp) leaves the unguessable id alone.
         self.owner = owner
         self.kind = kind  # "transaction", "session" or "stream"
-        self.worker = worker
-        self.pool: Pool = worker.pool
+        self.backend = backend
+        self.pool: Pool = backend.pool
         self.who = who if isinstance(who, dict) else {}
         self.opened = self.last_active = time.monotonic()
         self.request: Request | None = None  # a stream's chunk request in flight
@@ -125,9 +172,51 @@ class Pin:
             "pool": self.pool.name,
             "age_s": round(now - self.opened, 1),
             "idle_s": round(now - self.last_active, 1),
-            "connection": self.worker.thread_id,
+            "connection": self.backend.thread_id,
             "who": self.who,
         }
+
+
+class Pins:
+    """The open pins by id, why recent ones ended, and the per-client caps."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, Pin] = {}
+        self.limits = PinLimits()  # max_pins_per_client
+        self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def add(self, backend: Backend, kind: str, req: Request, who: Any) -> Pin:
+        """Open a pin on backend for the request that asked for it."""
+        pin_id = secrets.randbits(63) or 1  # a capability: unguessable
+        pin = Pin(pin_id, kind, backend, who, req.owner)
+        self.open[pin_id] = pin
+        self.limits.pinned(req, pin)
+        return pin
+
+    def find(self, req: Request) -> Pin | str:
+        """Return the pin req names, if its sender owns it, or why there is none."""
+        pin = self.open.get(req.pin)
+        if pin is not None and pin.owner in (None, req.owner):
+            return pin
+        return self._ended.get(req.pin, "unknown pin")
+
+    def end(self, pin: Pin, reason: str) -> None:
+        """Close pin's entry: later requests naming it hear reason."""
+        self.open.pop(pin.id, None)
+        self.limits.ended(pin)
+        self._ended[pin.id] = reason
+        if len(self._ended) > ENDED_PINS_KEPT:
+            self._ended.popitem(last=False)
+        if pin.pending is not None:
+            pin.pending.fail(
+                errors.OperationalError(
+                    errors.ER_BAD_PIN, f"this {pin.kind} ended: {reason}"
+                )
+            )
+            pin.pending = None
 
 
 def begin_statements(body: dict) -> list[bytes]:

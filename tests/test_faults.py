@@ -191,7 +191,7 @@ def test_interrupted_call_cancels_its_statement(make_broker, direct):
 
 @pytest.mark.timeout(60)
 def test_idle_connection_is_health_checked_before_use(make_broker):
-    from broker.server import PING_AFTER_IDLE
+    from broker.dispatch import PING_AFTER_IDLE
 
     b = make_broker(max_size=1)
     c = b.client()

@@ -258,8 +258,8 @@ def test_journal_gets_each_lines_priority(make_broker):
     deadline = time.monotonic() + 5
     while "reload rejected" not in b.log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "<3>ERROR broker.server: reload rejected" in b.log()
-    assert "<6>INFO broker.server: listening on" in b.log()
+    assert "<3>ERROR broker.reload: reload rejected" in b.log()
+    assert "<6>INFO broker.frontend: listening on" in b.log()
 
 
 def _cli_into(path, *args, journal):

@@ -1,4 +1,4 @@
-"""One MySQL connection, driven by the I/O loop without blocking.
+"""One MySQL connection (a backend), driven by the I/O loop without blocking.
 
 pymysql opens the connection (handshake, auth, charset, init_sql) in a
 connector thread; from then on the I/O thread owns its socket: it writes one
@@ -7,13 +7,17 @@ command packet at a time and reads the response into a buffer that the
 thread hand-off and no row parsing happen per statement: that is what lets one
 Python thread serve thousands of statements a second.
 
-A worker runs one command at a time, except that plain reads may be
+A backend runs one command at a time, except that plain reads may be
 pipelined behind a running read (`pipe`): MySQL answers commands in the order
 it reads them, so the responses are cut apart in order and each goes to its
-own request. When a response is complete the worker calls the command's
+own request. When a response is complete the backend calls the command's
 callback with the raw packets; a stream's callback is called once per chunk,
 and reading pauses between chunks so an unread result waits in MySQL's socket
 buffers, not in the broker's memory.
+
+Where a backend is held (`state`, `request`, `pin`) is written only by its
+`Pool`'s verbs; the backend itself keeps the command in flight, its socket
+and whether that socket is closed (`closed`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 
@@ -32,38 +36,45 @@ from broker.poller import POLLIN, POLLOUT, Poller
 from broker.reaper import statement_tag
 from broker.scanner import Scanner
 from client import errors
-from client.wire.mysql import SESSION_STATE_CHANGED
+from client.wire import mysql
+from client.wire.mysql import COM_QUERY, SESSION_STATE_CHANGED, command_packets
+
+if TYPE_CHECKING:
+    from broker.config import PoolConfig
+    from broker.pool import Pool
 
 log = logging.getLogger(__name__)
 
 
-COM_QUIT = b"\x01"
-COM_QUERY = b"\x03"
-COM_PING = b"\x0e"
-COM_RESET_CONNECTION = b"\x1f"
 RECV_BYTES = 65536  # measured: recv(262144) costs ~16 µs a call against ~1 µs
-_MAX_PACKET_LEN = 0xFFFFFF
 
-Done = Callable[["Worker", bytes | None, errors.Error | None], None]
+Done = Callable[["Backend", bytes | None, errors.Error | None], None]
 
 
 class State(enum.Enum):
-    """Where a worker is; each comment says who holds it in that state."""
+    """Where a backend is; each comment says who holds it in that state."""
 
     IDLE = 1  # in Pool._idle, ready to take a request
-    BUSY = 2  # running a command for a request; the callback holds the request
-    PINNED = 3  # between statements of a transaction, session or stream (Pin.worker)
-    RESETTING = 4  # running its reset commands before going back to IDLE
+    BUSY = 2  # running a command for `request` (or for its pin's stream)
+    PINNED = 3  # between statements of a transaction, session or stream (`pin`)
+    RESETTING = 4  # running its reset commands (`reset_steps`) before going IDLE
     CLOSED = 5  # gone; the pool has forgotten it
 
 
-class Worker:
+class Backend:
     """A MySQL connection whose socket the I/O loop reads and writes directly."""
 
     def __init__(
-        self, pool_name: str, conn: pymysql.connections.Connection, poller: Poller
+        self,
+        pool: Pool,
+        config: PoolConfig,
+        conn: pymysql.connections.Connection,
+        poller: Poller,
+        on_closed: Callable[[Backend], None],
     ) -> None:
-        self.pool_name = pool_name
+        self.pool = pool
+        self.pool_name = pool.name
+        self.config = config  # what it was opened with: KILL goes there
         self._poller = poller
         self._tag = COM_QUERY + statement_tag()  # who sent it, in PROCESSLIST
         self._conn = conn  # keeps pymysql's objects, and so the socket, alive
@@ -75,22 +86,20 @@ class Worker:
         self.server_version: str = conn.get_server_info()
         self.created = self.last_used = time.monotonic()
         self.uses = 0
+        # Written by the pool's verbs only (see broker.pool).
         self.state = State.IDLE
-        self.pool: Any = None  # the Pool it belongs to (set by the server)
-        self.config: Any = None  # the PoolConfig it was opened with
         self.request: Any = None  # the Request its running command answers
         # Requests whose statements were sent behind the running one, in order.
         self.piped: collections.deque[Any] = collections.deque()
         self.head_since = 0.0  # when the running command's response became next
         self.pipe_ok = False  # the running command is a plain read: pipe behind it
         self.pin: Any = None  # the Pin holding it, when PINNED or busy for one
-        self.on_closed: Callable[[Worker], None] | None = (
-            None  # lost while no command ran
-        )
+        self.reset_steps: list[bytes] = []  # what its reset still has to send
+        self.closed = False  # the socket is closed; the pool forgets it next
+        self.on_closed = on_closed  # lost while no command ran
         # Called with a response whose OK packet tracks session state (a
         # primary's last_gtid), before the response's own callback.
-        self.on_state_change: Callable[[Worker, bytes], None] | None = None
-        self.reset_steps: list[bytes] = []
+        self.on_state_change: Callable[[Backend, bytes], None] | None = None
         self.cancel_started = 0.0  # when KILL QUERY was asked for; 0 when not
 
         self.dirty = False  # session state left behind; reset before reuse
@@ -114,7 +123,7 @@ class Worker:
             self._poller.modify(self.fd, events)
 
     def __repr__(self) -> str:
-        return f"<Worker {self.pool_name}#{self.thread_id} {self.state.name}>"
+        return f"<Backend {self.pool_name}#{self.thread_id} {self.state.name}>"
 
     @property
     def running(self) -> bool:
@@ -132,11 +141,7 @@ class Worker:
         assert self._done is None, f"{self} already runs a command"  # noqa: S101
         if command[:1] == COM_QUERY:
             command = self._tag + memoryview(command)[1:]
-        length = len(command)
-        if length < _MAX_PACKET_LEN:
-            packet = length.to_bytes(3, "little") + b"\x00" + command
-        else:
-            packet = self._split(command)
+        packet = command_packets(command)
         self._done = done
         self.deadline = deadline
         self.chunk_rows = self._row_limit = chunk_rows
@@ -159,20 +164,19 @@ class Worker:
         self.piped.append(req)
         self.uses += 1
         command = self._tag + memoryview(command)[1:]
-        self._out += len(command).to_bytes(3, "little") + b"\x00" + command
+        self._out += command_packets(command)
         self.flush()
 
-    @staticmethod
-    def _split(payload: bytes) -> bytes:
-        """Frame a payload of 16 MiB or more as several packets."""
-        parts, seq, pos = [], 0, 0
-        while True:
-            chunk = payload[pos : pos + _MAX_PACKET_LEN]
-            parts.append(len(chunk).to_bytes(3, "little") + bytes([seq & 0xFF]) + chunk)
-            pos += _MAX_PACKET_LEN
-            seq += 1
-            if len(chunk) < _MAX_PACKET_LEN:
-                return b"".join(parts)
+    def kill_sent(self, now: float) -> None:
+        """Note that KILL QUERY was asked for the running command: one per statement."""
+        self.cancelling = True
+        self.cancel_started = now
+        self.deadline = 0.0  # kill_grace covers the rest
+
+    def kill_answered(self, now: float) -> None:
+        """Note MySQL's answer to the KILL; kill_grace runs from here."""
+        self.cancelling = False
+        self.cancel_started = now
 
     def flush(self) -> None:
         """Write what is pending; leave the rest for when the socket is writable."""
@@ -220,8 +224,9 @@ class Worker:
         self._watch()
         self._deliver(self._in)
 
-    def resume(self) -> None:
-        """Continue a paused stream: deliver buffered rows, then read again."""
+    def resume(self, deadline: float) -> None:
+        """Continue a paused stream until deadline: hand over buffered rows, read on."""
+        self.deadline = deadline
         self.paused = False
         self._row_limit = self.scanner.rows + self.chunk_rows
         self._watch()
@@ -235,7 +240,8 @@ class Worker:
         bytes go out without being copied.
         """
         scanner = self.scanner
-        done = scanner.scan(buf, self._row_limit)
+        # Scanner reads bytes as well as bytearray.
+        done = scanner.scan(buf, self._row_limit)  # type: ignore[arg-type]
         if not done and not (self._row_limit and scanner.rows >= self._row_limit):
             if buf is not self._in:
                 self._in += buf  # keep the partial response; offsets stay valid
@@ -245,9 +251,9 @@ class Worker:
             data = bytes(buf) if end == len(buf) else bytes(buf[:end])
             del buf[:end]
         elif end == len(buf):
-            data = buf
+            data = buf  # type: ignore[assignment]  # not _in: the bytes just read
         else:
-            data = buf[:end]
+            data = buf[:end]  # type: ignore[assignment]
             self._in += buf[end:]
         scanner.end = 0
         if done and scanner.status & SESSION_STATE_CHANGED and self.on_state_change:
@@ -270,13 +276,14 @@ class Worker:
                 return
         else:
             self.paused = True
+            self.deadline = 0.0  # paused: the pin's idle timeout applies now
             self._watch()
         assert callback is not None  # noqa: S101
         callback(self, data, None)
 
     def lost(self, reason: str) -> None:
         """Mark the connection dead and tell the running command, if any."""
-        if self.state is State.CLOSED:
+        if self.closed:
             return
         log.warning(
             "pool %s: connection %d lost (%s)", self.pool_name, self.thread_id, reason
@@ -284,8 +291,7 @@ class Worker:
         callback, self._done = self._done, None
         self.close()
         if callback is None:
-            if self.on_closed is not None:
-                self.on_closed(self)
+            self.on_closed(self)
         else:
             callback(
                 self,
@@ -298,12 +304,12 @@ class Worker:
 
     def close(self) -> None:
         """Say goodbye to the server (best effort) and close the socket."""
-        if self.state is State.CLOSED:
+        if self.closed:
             return
-        self.state = State.CLOSED
+        self.closed = True
         try:
             if self._done is None:
-                self.sock.send(b"\x01\x00\x00\x00" + COM_QUIT)
+                self.sock.send(mysql.QUIT_PACKET)
         except OSError:
             pass  # the socket is going away either way
         self._done = None
@@ -314,14 +320,10 @@ class Worker:
 
 def error_from_packets(data: bytes) -> errors.Error:
     """Return the client error for the first error packet in a response."""
-    pos = 0
-    while pos + 4 < len(data):
-        length = int.from_bytes(data[pos : pos + 3], "little")
-        payload = data[pos + 4 : pos + 4 + length]
-        if payload[:1] == b"\xff":
+    for start, end in mysql.packets(data):
+        if data[start : start + 1] == b"\xff":
             try:
-                pymysql.err.raise_mysql_exception(payload)
+                pymysql.err.raise_mysql_exception(data[start:end])
             except pymysql.MySQLError as err:
                 return errors.from_pymysql(err)
-        pos += 4 + length
     return errors.InternalError(0, "MySQL reported an error the broker could not read")
