@@ -34,7 +34,7 @@ from broker.config import (
 
 if TYPE_CHECKING:
     from broker.loop import Broker
-    from broker.loops import LoopSlot
+    from broker.processes import LoopSlot
     from broker.sandbox import Sandbox
 
 log = logging.getLogger("broker")
@@ -232,10 +232,10 @@ def _cannot_listen(err: OSError) -> int:
 def _serve_loops(
     config: Config, reload: Callable[[], Config], sandbox: Sandbox | None
 ) -> int:
-    """Run `[broker] loops` I/O loop processes on sockets bound here (broker.loops)."""
+    """Run `[broker] loops` I/O loop processes on sockets bound here."""
     from broker.ipc import listen_unix, unlink_socket
     from broker.loop import Broker
-    from broker.loops import share, supervise
+    from broker.processes import share, supervise
 
     loops = config.broker.loops
     listening: dict[str, socket.socket] = {}

@@ -30,11 +30,11 @@ from broker import __version__
 from broker.config import Config
 from broker.dispatch import Dispatch
 from broker.ipc import Listener, Peer, listen_unix, raise_open_files_limit
-from broker.loops import LoopSlot
 from broker.metrics import BrokerMetrics
 from broker.pinlimit import OPENS_PIN
 from broker.poller import POLLIN, Poller
 from broker.pool import Pool
+from broker.processes import LoopSlot
 from broker.readsplit import ReadSplit
 from broker.request import PeerId, Request, check_body, start_by
 from broker.stats import Report

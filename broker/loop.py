@@ -36,10 +36,10 @@ from broker.connector import Connector, Outcome
 from broker.dispatch import Dispatch, connect_error
 from broker.frontend import Frontend
 from broker.janitor import TICK, Janitor
-from broker.loops import LoopSlot
 from broker.metrics import BrokerMetrics
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import Pool
+from broker.processes import LoopSlot
 from broker.readsplit import ReadSplit
 from broker.reload import Reloader
 from broker.systemd import Notifier

@@ -2,7 +2,7 @@
 
 `Report` assembles the `stats` reply from the pools, pins and counters as
 plain values; nothing here changes what it reads. With several loops
-(`broker.loops`) each loop publishes its own part every upkeep pass and the
+(`broker.processes`) each loop publishes its own part every upkeep pass and the
 one asked adds up the others'.
 """
 
@@ -18,9 +18,9 @@ from broker import __version__
 from broker.config import Config
 from broker.dispatch import Dispatch
 from broker.ipc import open_files, open_files_limit
-from broker.loops import LoopSlot
 from broker.metrics import BrokerMetrics, Exporter
 from broker.pinlimit import effective_cap
+from broker.processes import LoopSlot
 from broker.readsplit import ReadSplit
 
 log = logging.getLogger(__name__)

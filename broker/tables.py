@@ -274,7 +274,7 @@ class BrokerConfig:
     busy_poll_us: int = setting(
         0, check=integer(0, maximum=MAX_BUSY_POLL_US, unit="µs")
     )
-    # I/O loop processes sharing the endpoints (broker.loops)
+    # I/O loop processes sharing the endpoints (broker.processes)
     loops: int = setting(1, check=integer(1, maximum=MAX_LOOPS), live=False)
 
     def __post_init__(self) -> None:
