@@ -88,10 +88,9 @@ from client.errors import (
     ProgrammingError,
     Warning,
 )
-from client.pinned import ISOLATION_LEVELS, Transaction
+from client.pinned import ISOLATION_LEVELS, Stream, Transaction
 from client.result import Result
 from client.wire import protocol, statement
-from client.wire.protocol import Op
 from client.xa import XaTransaction, begins_xa
 
 __all__ = [
@@ -364,7 +363,7 @@ class Connection:
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        self._check_open()
+        self.check_open()
         value = bool(value)
         if value and not self._autocommit and self.in_transaction:
             self.commit()  # as MySQL's SET autocommit = 1 does
@@ -399,7 +398,7 @@ class Connection:
         pymysql's classes of those names (``pymysql.cursors.DictCursor``) give
         ours.
         """
-        self._check_open()
+        self.check_open()
         cls = (
             self._cursorclass
             if cursorclass is None
@@ -422,7 +421,7 @@ class Connection:
 
     def begin(self) -> None:
         """Pin a transaction now rather than at the first statement."""
-        self._check_open()
+        self.check_open()
         if self._autocommit:
             raise ProgrammingError(0, "begin() needs autocommit off")
         tx = self._transaction()
@@ -431,7 +430,7 @@ class Connection:
 
     def commit(self) -> None:
         """Commit the open transaction and free its MySQL connection, if any."""
-        self._check_open()
+        self.check_open()
         self._end_xa("COMMIT", check=True)
         tx, lost = self._tx, self._lost
         self._tx = self._lost = None
@@ -447,7 +446,7 @@ class Connection:
 
     def rollback(self) -> None:
         """Roll back the open transaction and free its MySQL connection, if any."""
-        self._check_open()
+        self.check_open()
         self._end_xa("ROLLBACK", check=True)
         self._end_transaction()
 
@@ -479,22 +478,23 @@ class Connection:
         Raises:
             BrokerUnavailable: when the broker does not answer in time.
         """
-        self._check_open()
+        self.check_open()
         return self._client.ping(timeout=self.timeout)
 
     def character_set_name(self) -> str:
         """Return the pool's connection charset, e.g. ``"utf8mb4"``."""
-        self._check_open()
-        return self._client._pool_info(self.timeout)[protocol.INFO_CHARSET]
+        self.check_open()
+        return self._client.pool_info(timeout=self.timeout)[protocol.INFO_CHARSET]
 
     def get_server_info(self) -> str:
         """Return the MySQL server version string, as pymysql does."""
-        self._check_open()
-        return self._client._pool_info(self.timeout)[protocol.INFO_SERVER_VERSION]
+        self.check_open()
+        info = self._client.pool_info(timeout=self.timeout)
+        return info[protocol.INFO_SERVER_VERSION]
 
     def escape(self, value: Any, mapping: dict | None = None) -> str:
         """Return value as a SQL literal, escaped for the pool's charset and mode."""
-        self._check_open()
+        self.check_open()
         with self._converters() as codec:
             return codec.escape(value, mapping)
 
@@ -505,8 +505,8 @@ class Connection:
     @property
     def encoding(self) -> str:
         """The Python codec of the pool's charset, e.g. ``"utf8"``, as pymysql's."""
-        self._check_open()
-        return self._client._codec(self.timeout).encoding
+        self.check_open()
+        return self._client.codec(timeout=self.timeout).encoding
 
     @property
     def encoders(self) -> dict:
@@ -520,13 +520,13 @@ class Connection:
 
     def insert_id(self) -> int:
         """Return the last statement's AUTO_INCREMENT id, or 0, as pymysql does."""
-        last = self._last
+        last = self.last_result
         return (last.lastrowid or 0) if last is not None else 0
 
     def affected_rows(self) -> int:
         """Return the last statement's affected (or, with FOUND_ROWS, matched) rows."""
-        last = self._last
-        return self._rowcount(last.rowcount, last.matched) if last is not None else 0
+        last = self.last_result
+        return self.count_rows(last.rowcount, last.matched) if last is not None else 0
 
     def select_db(self, db: str) -> None:
         """Raise NotSupportedError: the database is the broker pool's."""
@@ -554,9 +554,10 @@ class Connection:
             "QUERY itself; run KILL through a statement if you must",
         )
 
-    # Running statements (for cursors) ------------------------------------------------
+    # Running statements (what the cursors call) ------------------------------------
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise InterfaceError if the connection is closed."""
         if self._closed:
             raise InterfaceError(0, "connection is closed")
 
@@ -581,7 +582,7 @@ class Connection:
     def _end_transaction(self) -> None:
         tx, lost = self._tx, self._lost
         self._tx = self._lost = None
-        if tx is None or not tx.pin or tx._pid != os.getpid():
+        if tx is None or not tx.pin or not tx.owned:
             return  # nothing open, or the parent's transaction (after fork): not ours
         try:
             tx.rollback(timeout=self.timeout)
@@ -594,7 +595,7 @@ class Connection:
     def _converters(self, codec: Any = None) -> Iterator[Any]:
         """Lend this connection's conv and use_unicode to the thread's codec."""
         if codec is None:
-            codec = self._client._codec(self.timeout)
+            codec = self._client.codec(timeout=self.timeout)
         if self._charset is not None:
             self._check_charset(codec)
         if self._conv is None:
@@ -629,20 +630,30 @@ class Connection:
             )
         self._charset = None  # checked once
 
-    def _render(self, query: str, args: Params) -> str:
+    def render(self, query: str, args: Params) -> str:
         """Return the statement as sent: args rendered by pymysql's escaping."""
         if args is None:
             return query
         with self._converters() as codec:
             return codec.render(query, args).decode(codec.encoding)
 
-    def _rowcount(self, rowcount: int, matched: int | None) -> int:
+    def count_rows(self, rowcount: int, matched: int | None) -> int:
+        """Return an UPDATE's rowcount as this connection counts (FOUND_ROWS)."""
         return matched if self._found_rows and matched is not None else rowcount
 
-    def _start_stream(self, stream: Any) -> None:
+    def open_stream(self, sql: str, chunk_rows: int) -> Stream:
+        """Return a `client.Stream` of sql opened with this connection's conv."""
+        stream = Stream(
+            self._client,
+            sql,
+            None,
+            chunk_rows=chunk_rows,
+            timeout=self.timeout,
+            conv=self._conv,
+        )
         with self._converters():
-            stream.conv = self._conv
-            stream.start()
+            stream.open()
+        return stream
 
     def _end_xa(self, how: str = "ROLLBACK", check: bool = False) -> None:
         xa, self._xa = self._xa, None
@@ -660,9 +671,9 @@ class Connection:
             if xa.ended:
                 self._xa = None
 
-    def _run(self, statements: Sequence[tuple[str, Params]]) -> Result:
+    def run(self, statements: Sequence[tuple[str, Params]]) -> Result:
         """Run statements in order on one connection; return the last Result."""
-        self._check_open()
+        self.check_open()
         if self._conv is not None or self._charset is not None:
             with self._converters():
                 return self._run_plain(statements)
@@ -695,8 +706,9 @@ class Connection:
             raise
         return result
 
-    def _run_many(self, sql: str, seq_params: Iterable[Params]) -> Result:
-        self._check_open()
+    def run_many(self, sql: str, seq_params: Iterable[Params]) -> Result:
+        """Run sql once per parameter set, in the transaction unless autocommit."""
+        self.check_open()
         with self._converters():
             return self._run_many_plain(sql, seq_params)
 
@@ -713,7 +725,7 @@ class Connection:
                 self._lost = err
             raise
 
-    def _streams(self, sql: str) -> bool:
+    def may_stream(self, sql: str) -> bool:
         """Whether an SSCursor may stream sql rather than run it in the transaction."""
         if self._xa is not None:
             return False  # a stream's own connection would not see the XA's writes
@@ -723,13 +735,8 @@ class Connection:
 
     def __del__(self) -> None:
         tx = self._tx
-        if (
-            tx is not None
-            and tx.pin
-            and tx._pid == os.getpid()
-            and tx._thread == threading.get_ident()
-        ):
+        if tx is not None:
             try:
-                self._client._send_only(Op.ROLLBACK, tx.pin)
+                tx.discard()
             except Exception:  # noqa: S110  the broker's idle timeout rolls back
                 pass

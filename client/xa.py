@@ -12,7 +12,6 @@ server, holding its locks, and MariaDB 10.11 without a binary log refuses to
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -72,7 +71,7 @@ class XaTransaction:
             check: raise an error of the XA statements instead of ignoring it.
         """
         session = self._session
-        if self.ended or not session.pin or session._pid != os.getpid():
+        if self.ended or not session.pin or not session.owned:
             return
         self.ended = True
         steps = [f"XA END {self.xid}"] if self.state == "active" else []
