@@ -237,6 +237,8 @@ class _Autocommit(int):
     method of that name: this value is both.
     """
 
+    _connection: Connection
+
     def __new__(cls, value: bool, connection: Connection) -> _Autocommit:
         self = super().__new__(cls, bool(value))
         self._connection = connection
@@ -320,7 +322,9 @@ class Connection:
         self._found_rows = bool(found_rows)
         self._cursorclass = self._cursor_class(cursorclass or Cursor)
         self._charset = charset
-        self._last: Result | None = None  # the last statement's, for insert_id()
+        # The result a cursor read last (nextset moves it on): insert_id() and
+        # affected_rows() report it, as pymysql's connection does.
+        self.last_result: Result | None = None
         self._conv: tuple[dict, dict, bool] | None = None
         if conv is not None or not use_unicode:
             self._own_converters(conv, use_unicode)

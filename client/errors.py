@@ -132,10 +132,9 @@ def to_wire(err: Error) -> list:
 
 def from_wire(body: object) -> Error:
     """Rebuild the error a reply carries; an unknown class becomes InternalError."""
-    try:
-        name, errno, msg, sqlstate = body  # type: ignore[misc]
-    except (TypeError, ValueError):
+    if not isinstance(body, list | tuple) or len(body) != 4:
         return InternalError(0, f"malformed error reply: {body!r}")
+    name, errno, msg, sqlstate = body
     cls = _CLASSES.get(name, InternalError) if isinstance(name, str) else InternalError
     return cls(errno if isinstance(errno, int) else 0, str(msg), sqlstate)
 

@@ -92,6 +92,11 @@ class _Result(MySQLResult):
     are the key, so a cached entry is exactly what parsing would give.
     """
 
+    # Set by pymysql's column parsing, which mypy cannot see through.
+    fields: Any
+    converters: Any
+    description: Any
+
     def next_row(self) -> tuple | None:
         """Return the next row of an unbuffered result, or None after the last."""
         return self._read_rowdata_packet_unbuffered()
