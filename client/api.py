@@ -21,13 +21,11 @@ from client.driver import Driver
 from client.packets import Codec
 from client.pinned import Session, Stream, Transaction
 from client.result import Result
-from client.settings import DEFAULT_TIMEOUT, BaseClient, Params
+from client.settings import BaseClient, Params
 from client.wire.protocol import Op
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "Client",
-    "Params",
     "default_client",
     "executemany",
     "query",

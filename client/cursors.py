@@ -24,8 +24,8 @@ from client.pinned import Stream
 from client.result import Result, matched_rows
 
 if TYPE_CHECKING:
-    from client.api import Params
     from client.dbapi import Connection
+    from client.settings import Params
 
 
 def _backquote(name: str) -> str:

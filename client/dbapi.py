@@ -56,7 +56,7 @@ from typing import Any
 import pymysql
 
 from client import errors
-from client.api import DEFAULT_TIMEOUT, Client, Params
+from client.api import Client
 from client.connect_args import SUPERSETS, pymysql_options_for
 from client.cursors import PYMYSQL_CURSORS, Cursor, DictCursor, SSCursor, SSDictCursor
 from client.dbtypes import (
@@ -90,6 +90,7 @@ from client.errors import (
 )
 from client.pinned import ISOLATION_LEVELS, Stream, Transaction
 from client.result import Result
+from client.settings import DEFAULT_TIMEOUT, Params
 from client.wire import protocol, statement
 from client.xa import XaTransaction, begins_xa
 
@@ -187,7 +188,7 @@ def connect(
             `client.DEFAULT_ENDPOINT`.
         pool: the broker pool the statements run on.
         timeout: seconds each statement may take (the broker also applies the
-            pool's ``query_timeout``); default `client.api.DEFAULT_TIMEOUT`.
+            pool's ``query_timeout``); default `client.settings.DEFAULT_TIMEOUT`.
         autocommit: run each statement on its own instead of in transactions
             (None, pymysql's "server default", is False).
         isolation_level: e.g. ``"READ COMMITTED"``, for every transaction.

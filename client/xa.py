@@ -20,7 +20,8 @@ from client.errors import Error
 from client.result import Result
 
 if TYPE_CHECKING:
-    from client.api import Client, Params
+    from client.api import Client
+    from client.settings import Params
 
 _BEGINS = re.compile(
     r"\s*XA\s+(?:START|BEGIN)\s+(.*?)(?:\s+(?:JOIN|RESUME))?\s*;?\s*$",
