@@ -35,7 +35,8 @@ was open at the fork.
   prepared ones.
 
 The cursors are in `client.cursors`; which ``pymysql.connect()`` keywords are
-honoured is in `client.connect_args`. `SSCursor` streams (``Op.STREAM_OPEN``)
+honoured is in `client.connect_args`; pymysql's extensions (``escape``,
+``insert_id``, ``ping``, ...) in `client.dbapi_extras`. `SSCursor` streams (``Op.STREAM_OPEN``)
 instead of buffering. A stream runs on
 a connection of its own, so it cannot see an open transaction's uncommitted
 writes: the cursor streams in autocommit mode, and when no transaction is open
@@ -59,6 +60,7 @@ from client import errors
 from client.api import Client
 from client.connect_args import SUPERSETS, pymysql_options_for
 from client.cursors import PYMYSQL_CURSORS, Cursor, DictCursor, SSCursor, SSDictCursor
+from client.dbapi_extras import PymysqlExtensions
 from client.dbtypes import (
     BINARY,
     DATE,
@@ -259,7 +261,7 @@ _LOAD_LOCAL = re.compile(
 )
 
 
-class Connection:
+class Connection(PymysqlExtensions):
     """A DB-API connection: a lazily pinned broker transaction, or autocommit.
 
     Args:
@@ -470,94 +472,6 @@ class Connection:
             pass  # the broker rolls back a transaction whose client goes silent
         finally:
             self._closed = True
-
-    # Extensions, as pymysql has them ------------------------------------------------
-
-    def ping(self, reconnect: bool = False) -> float:
-        """Check the broker answers; return the round trip in seconds.
-
-        Args:
-            reconnect: accepted for pymysql compatibility; the broker keeps its
-                MySQL connections alive, so there is nothing to reconnect.
-
-        Raises:
-            BrokerUnavailable: when the broker does not answer in time.
-        """
-        self.check_open()
-        return self._client.ping(timeout=self.timeout)
-
-    def character_set_name(self) -> str:
-        """Return the pool's connection charset, e.g. ``"utf8mb4"``."""
-        self.check_open()
-        return self._client.pool_info(timeout=self.timeout)[protocol.INFO_CHARSET]
-
-    def get_server_info(self) -> str:
-        """Return the MySQL server version string, as pymysql does."""
-        self.check_open()
-        info = self._client.pool_info(timeout=self.timeout)
-        return info[protocol.INFO_SERVER_VERSION]
-
-    def escape(self, value: Any, mapping: dict | None = None) -> str:
-        """Return value as a SQL literal, escaped for the pool's charset and mode."""
-        self.check_open()
-        with self._converters() as codec:
-            return codec.escape(value, mapping)
-
-    def literal(self, value: Any) -> str:
-        """Return value as a SQL literal (pymysql's name for escape)."""
-        return self.escape(value)
-
-    @property
-    def encoding(self) -> str:
-        """The Python codec of the pool's charset, e.g. ``"utf8"``, as pymysql's."""
-        self.check_open()
-        return self._client.codec(timeout=self.timeout).encoding
-
-    @property
-    def encoders(self) -> dict:
-        """This connection's encoders by Python type, as pymysql's; edits apply."""
-        return self._own_converters()[1]
-
-    @property
-    def decoders(self) -> dict:
-        """This connection's decoders by field type, as pymysql's; edits apply."""
-        return self._own_converters()[0]
-
-    def insert_id(self) -> int:
-        """Return the last statement's AUTO_INCREMENT id, or 0, as pymysql does."""
-        last = self.last_result
-        return (last.lastrowid or 0) if last is not None else 0
-
-    def affected_rows(self) -> int:
-        """Return the last statement's affected (or, with FOUND_ROWS, matched) rows."""
-        last = self.last_result
-        return self.count_rows(last.rowcount, last.matched) if last is not None else 0
-
-    def select_db(self, db: str) -> None:
-        """Raise NotSupportedError: the database is the broker pool's."""
-        raise NotSupportedError(
-            0,
-            "select_db(): the broker pool's dsn names the database and a DB-API "
-            "connection has no MySQL connection of its own; use a pool per "
-            "database, or qualify table names",
-        )
-
-    def thread_id(self) -> int:
-        """Raise NotSupportedError: statements run on any of the pool's connections."""
-        raise NotSupportedError(
-            0,
-            "thread_id(): a DB-API connection's statements run on whichever MySQL "
-            "connection the broker picks; SELECT CONNECTION_ID() inside a "
-            "transaction gives the one it holds",
-        )
-
-    def kill(self, thread_id: int) -> None:
-        """Raise NotSupportedError: the broker cancels statements (timeout=) itself."""
-        raise NotSupportedError(
-            0,
-            "kill(): the broker cancels a statement past its timeout with KILL "
-            "QUERY itself; run KILL through a statement if you must",
-        )
 
     # Running statements (what the cursors call) ------------------------------------
 
