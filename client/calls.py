@@ -6,6 +6,7 @@ body)`` or has the failure thrown in, and returns its result. A driver runs
 it: `client.driver.Driver` in the calling thread, `client.aio_driver` on an
 event loop. Neither the operations nor `Scope` touch a socket, so the sync and
 async clients run the same code and tests drive it with scripted replies.
+(`Scope.failed` reads the clock: whether a retry still fits the deadline.)
 
 The pinned objects' operations (transaction, session, stream) are in
 `client.pins`; the rules for a request that got no reply in `client.outcome`.
@@ -13,6 +14,7 @@ The pinned objects' operations (transaction, session, stream) are in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -147,18 +149,20 @@ class Scope:
         self,
         err: BaseException,
         call: Call,
-        elapsed: float,
+        start: float,
+        sent_by: float,
         *,
         sent: bool,
         unread: bool,
-        time_left: bool,
     ) -> errors.Error | None:
         """Return the error for an attempt that failed with err; None: send again.
 
         A request that provably never reached a broker (not sent whole, or
         left unread by one that closed: a restart) is sent again while its
-        deadline allows, reads and writes alike. A timeout is final.
+        deadline (sent_by, monotonic) allows, reads and writes alike. A
+        timeout is final. start is when the call began, for the message.
         """
+        now = time.monotonic()
         endpoint = self.client.endpoint
         if isinstance(err, PermissionError):
             error: errors.Error = errors.BrokerUnavailable(
@@ -173,13 +177,13 @@ class Scope:
             )
         else:
             timed_out = isinstance(err, TimeoutError)
-            if not timed_out and (unread or not sent) and time_left:
+            if not timed_out and (unread or not sent) and now + CONNECT_RETRY < sent_by:
                 return None
             error = outcome.no_reply(
                 endpoint,
                 call.op,
                 call.body,
-                elapsed,
+                now - start,
                 sent=sent,
                 unread=unread,
                 why="" if timed_out else str(err) or type(err).__name__,

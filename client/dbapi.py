@@ -36,9 +36,9 @@ was open at the fork.
 
 The cursors are in `client.cursors`; which ``pymysql.connect()`` keywords are
 honoured is in `client.connect_args`; pymysql's extensions (``escape``,
-``insert_id``, ``ping``, ...) in `client.dbapi_extras`. `SSCursor` streams (``Op.STREAM_OPEN``)
-instead of buffering. A stream runs on
-a connection of its own, so it cannot see an open transaction's uncommitted
+``insert_id``, ``ping``, ...) in `client.dbapi_extras`. `SSCursor` streams
+(``Op.STREAM_OPEN``) instead of buffering. A stream runs on a connection of
+its own, so it cannot see an open transaction's uncommitted
 writes: the cursor streams in autocommit mode, and when no transaction is open
 yet and the statement is a plain read (it would have been the transaction's
 first statement); otherwise it runs the statement buffered inside the

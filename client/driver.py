@@ -91,14 +91,8 @@ class Driver:
             except _LINK_ERRORS as err:
                 unread = sent and link is not None and link.unread(err)
                 self.reset()
-                now = time.monotonic()
                 error = self.scope.failed(
-                    err,
-                    call,
-                    now - start,
-                    sent=sent,
-                    unread=unread,
-                    time_left=now + CONNECT_RETRY < sent_by,
+                    err, call, start, sent_by, sent=sent, unread=unread
                 )
                 if error is not None:
                     raise error from None

@@ -164,6 +164,7 @@ class Stream(_Shell):
     of the cyclic garbage collector.
 
     Args:
+        pin: always 0 (kept for old callers): a stream pins its own connection.
         conv: decoders, encoders and use_unicode to decode with instead of
             pymysql's defaults (a DB-API connection's ``conv``).
     """

@@ -96,8 +96,9 @@ class Pinned:
 
     def abandon(self) -> int:
         """Give up the pin without a reply (a finaliser); return it, 0 if none here."""
-        pin = self.pin if self.owned() else 0
-        self.pin = 0 if pin else self.pin
+        if not self.pin or not self.owned():
+            return 0
+        pin, self.pin = self.pin, 0
         return pin
 
     def query(
