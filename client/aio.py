@@ -31,14 +31,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from client import calls
 from client.aio_driver import AsyncDriver
+from client.calls import Operation
+from client.handles import Handle, SessionHandle, StreamHandle, TransactionHandle
 from client.links import INHERITED
 from client.packets import Codec
-from client.pins import MORE, Pinned, SessionState, StreamState, TransactionState
+from client.pins import MORE
 from client.result import Result
 from client.settings import BaseClient, Params
 from client.wire.protocol import Op
@@ -82,11 +84,17 @@ class Client(BaseClient):
             self._drivers, self._pid, self.info = {}, os.getpid(), None
         driver = self._drivers.get(loop)
         if driver is None:
-            for old in list(self._drivers):
-                if old.is_closed():  # a finished asyncio.run's connection
-                    self._drivers.pop(old).close()
+            self._drop(lambda old: old.is_closed())  # a finished asyncio.run's
             driver = self._drivers[loop] = AsyncDriver(self, loop)
         return driver
+
+    def _drop(self, which: Callable[[asyncio.AbstractEventLoop], bool]) -> None:
+        """Close the drivers of the loops which() picks (loops in other threads too)."""
+        for loop in list(self._drivers):
+            if which(loop):
+                driver = self._drivers.pop(loop, None)  # another thread's may race
+                if driver is not None:
+                    driver.close()
 
     # Statements -------------------------------------------------------------------
 
@@ -186,33 +194,20 @@ class Client(BaseClient):
         """
         self.driver()  # forgets a parent's drivers, after fork
         here = asyncio.get_running_loop()
-        for loop in list(self._drivers):
-            if loop is here or loop.is_closed():
-                self._drivers.pop(loop).close()
+        self._drop(lambda loop: loop is here or loop.is_closed())
 
 
 # Pinned work ------------------------------------------------------------------------
 
 
-class _Shell:
-    """What the three share: Client, state, and statements run one at a time."""
+class _Statements(Handle):
+    """Statements on the pin, and the state's operations run one at a time."""
 
-    def __init__(self, client: Client, state: Pinned) -> None:
-        self._client = client
-        self._state = state
-        self._lock: asyncio.Lock | None = None
+    per_thread = False
+    _client: Client
+    _lock: asyncio.Lock | None = None
 
-    @property
-    def pin(self) -> int:
-        """The broker's id of the pinned connection; 0 when not open."""
-        return self._state.pin
-
-    @property
-    def owned(self) -> bool:
-        """Whether the calling process is the one that opened it."""
-        return self._state.owned()
-
-    async def _run(self, make: Any, *args: Any) -> Any:
+    async def _run(self, make: Callable[..., Operation[Any]], *args: Any) -> Any:
         """Run the operation make(scope, *args) of the state, one at a time."""
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -240,35 +235,11 @@ class _Shell:
         driver.send_only(op, pin)
 
 
-class Transaction(_Shell):
+class Transaction(_Statements, TransactionHandle):
     """One transaction on one MySQL connection: commit on clean exit, else roll back.
 
     Nothing is sent until the first statement, which travels with BEGIN.
     """
-
-    _state: TransactionState
-
-    def __init__(
-        self,
-        client: Client,
-        *,
-        isolation: str | None = None,
-        readonly: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(
-            client, TransactionState(isolation, readonly, timeout, per_thread=False)
-        )
-
-    @property
-    def isolation(self) -> str | None:
-        """The isolation level, upper case; None: the server's."""
-        return self._state.isolation
-
-    @property
-    def readonly(self) -> bool:
-        """Whether the transaction starts READ ONLY."""
-        return self._state.readonly
 
     async def __aenter__(self) -> Transaction:
         self._state.check_owner()
@@ -292,13 +263,8 @@ class Transaction(_Shell):
         await self._run(self._state.end, Op.ROLLBACK, timeout)
 
 
-class Session(_Shell):
+class Session(_Statements, SessionHandle):
     """A connection pinned without a transaction: session state lives here only."""
-
-    _state: SessionState
-
-    def __init__(self, client: Client, *, timeout: float | None = None) -> None:
-        super().__init__(client, SessionState(timeout, per_thread=False))
 
     async def __aenter__(self) -> Session:
         await self.open()
@@ -316,46 +282,13 @@ class Session(_Shell):
         await self._run(self._state.close, timeout)
 
 
-class Stream(_Shell):
+class Stream(_Statements, StreamHandle):
     """Rows of one statement pulled from the broker chunk by chunk: ``async for``.
 
     Leaving the loop early should close the stream (``await stream.aclose()``
     or ``async with``); otherwise garbage collection sends the close without
     waiting, or the broker frees the connection after its idle timeout.
     """
-
-    _state: StreamState
-
-    def __init__(
-        self,
-        client: Client,
-        sql: str,
-        params: Params,
-        *,
-        chunk_rows: int,
-        timeout: float | None,
-        replica: bool = False,
-    ) -> None:
-        state = StreamState(
-            sql,
-            params,
-            chunk_rows=chunk_rows,
-            timeout=timeout,
-            replica=replica,
-            per_thread=False,
-        )
-        super().__init__(client, state)
-
-    @property
-    def served_by(self) -> str | None:
-        """``"primary"`` or ``"replica HOST:PORT"``, once open."""
-        return self._state.served_by
-
-    @property
-    def description(self) -> tuple | None:
-        """PEP 249 7-tuples of the result's columns, once the first row was asked."""
-        result = self._state.result
-        return result.description if result is not None else None
 
     def __aiter__(self) -> Stream:
         return self
