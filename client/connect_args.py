@@ -9,6 +9,7 @@ accepted and do nothing; those that cannot be honoured raise
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pymysql.constants import CLIENT
@@ -43,11 +44,22 @@ _POOL_ARGS = (
 )
 # Accepted and without effect: the broker opens and sizes the MySQL connections.
 _IGNORED_ARGS = ("connect_timeout", "defer_connect", "max_allowed_packet")
-# Session settings pymysql applies once per connection; a DB-API connection here
-# has no MySQL connection of its own between transactions to apply them to.
-_SESSION_ARGS = {
+# Refused when given a true value, with what to do instead. Session settings
+# pymysql applies once per connection: a DB-API connection here has no MySQL
+# connection of its own between transactions to apply them to.
+_REFUSED_ARGS = {
     "init_command": "put it in the pool's init_sql",
     "sql_mode": "set it in the pool's init_sql",
+    "local_infile": "the broker does not read client files",
+    "binary_prefix": "pymysql's default escaping only",
+}
+# Honoured: the Connection's own name for each, and how the value is read.
+_PASSED_ARGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "use_unicode": ("use_unicode", bool),
+    "conv": ("conv", lambda value: value),
+    "charset": ("charset", lambda value: value or None),
+    "cursorclass": ("cursorclass", lambda value: value),
+    "program_name": ("name", lambda value: value),
 }
 # Charsets a pool's connection charset encodes exactly as the caller's would.
 SUPERSETS = {"utf8mb4": {"utf8mb4", "utf8", "utf8mb3"}}
@@ -66,39 +78,30 @@ def pymysql_options_for(options: dict[str, Any]) -> dict[str, Any]:
         if key in _POOL_ARGS:
             if value not in (None, "", 0, False):
                 refused.append(f"{key} (the broker pool's dsn decides it; pass pool=)")
-        elif key in _IGNORED_ARGS:
-            pass
-        elif key in _SESSION_ARGS:
+        elif key in _REFUSED_ARGS:
             if value:
-                refused.append(f"{key} ({_SESSION_ARGS[key]})")
+                refused.append(f"{key} ({_REFUSED_ARGS[key]})")
+        elif key in _PASSED_ARGS:
+            name, read = _PASSED_ARGS[key]
+            out[name] = read(value)
         elif key == "client_flag":
-            flags = int(value or 0)
-            if flags & CLIENT.MULTI_STATEMENTS:
-                refused.append("client_flag CLIENT.MULTI_STATEMENTS (one per call)")
-            if flags & CLIENT.LOCAL_FILES:
-                refused.append("client_flag CLIENT.LOCAL_FILES (LOAD DATA LOCAL)")
-            out["found_rows"] = bool(flags & CLIENT.FOUND_ROWS)
-        elif key == "local_infile":
-            if value:
-                refused.append("local_infile (the broker does not read client files)")
-        elif key == "binary_prefix":
-            if value:
-                refused.append("binary_prefix (pymysql's default escaping only)")
-        elif key == "use_unicode":
-            out["use_unicode"] = bool(value)
-        elif key == "conv":
-            out["conv"] = value
-        elif key == "charset":
-            out["charset"] = value or None
-        elif key == "cursorclass":
-            out["cursorclass"] = value
+            refused += _client_flags(int(value or 0), out)
         elif key in ("read_timeout", "write_timeout"):
             if value:
                 out["timeout"] = min(float(value), out.get("timeout", float(value)))
-        elif key == "program_name":
-            out["name"] = value
-        else:
+        elif key not in _IGNORED_ARGS:
             raise TypeError(f"connect() got an unexpected keyword argument {key!r}")
     if refused:
         raise NotSupportedError(0, "connect() cannot honour: " + "; ".join(refused))
     return out
+
+
+def _client_flags(flags: int, out: dict[str, Any]) -> list[str]:
+    """Honour CLIENT.FOUND_ROWS; return the flags that cannot be honoured."""
+    out["found_rows"] = bool(flags & CLIENT.FOUND_ROWS)
+    refused = []
+    if flags & CLIENT.MULTI_STATEMENTS:
+        refused.append("client_flag CLIENT.MULTI_STATEMENTS (one per call)")
+    if flags & CLIENT.LOCAL_FILES:
+        refused.append("client_flag CLIENT.LOCAL_FILES (LOAD DATA LOCAL)")
+    return refused

@@ -18,15 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from client import errors
 from client.errors import NotSupportedError, ProgrammingError
 from client.packets import info_text
 from client.pinned import Stream
 from client.result import Result, matched_rows
 
 if TYPE_CHECKING:
-    from client.api import Params
     from client.dbapi import Connection
+    from client.settings import Params
 
 
 def _backquote(name: str) -> str:
@@ -69,9 +68,9 @@ class Cursor:
         """Run one statement with ``%s`` or ``%(name)s`` parameters; return rowcount."""
         self._check_open()
         self._clear()
-        sql = self.connection._render(query, args)
+        sql = self.connection.render(query, args)
         self._executed = sql
-        self._set_result(self.connection._run([(sql, None)]))
+        self._set_result(self.connection.run([(sql, None)]))
         return self.rowcount
 
     def executemany(self, query: str, args: Iterable[Params]) -> int:
@@ -83,7 +82,7 @@ class Cursor:
         self._check_open()
         self._clear()
         self._executed = query
-        self._set_result(self.connection._run_many(query, args))
+        self._set_result(self.connection.run_many(query, args))
         return self.rowcount
 
     def callproc(self, procname: str, args: Sequence[Any] = ()) -> Sequence[Any]:
@@ -106,14 +105,14 @@ class Cursor:
             statements.append((f"SET {assigns}", tuple(args)))
         call = f"CALL `{name}`({','.join(names)})"
         statements.append((call, None))
-        self._set_result(self.connection._run(statements))
+        self._set_result(self.connection.run(statements))
         self._executed = call
         return args
 
     def mogrify(self, query: str, args: Params = None) -> str:
         """Return the statement execute() would send, as pymysql's cursor does."""
         self._check_open()
-        return self.connection._render(query, args)
+        return self.connection.render(query, args)
 
     def setinputsizes(self, sizes: Any) -> None:
         """Do nothing (PEP 249 allows it)."""
@@ -190,7 +189,7 @@ class Cursor:
     def _check_open(self) -> None:
         if self._closed:
             raise ProgrammingError(0, "cursor is closed")
-        self.connection._check_open()
+        self.connection.check_open()
 
     def _fetch_rows(self) -> tuple | None:
         self._check_open()
@@ -212,10 +211,10 @@ class Cursor:
         self.rownumber = 0
         self.description = result.description or None
         self._rows = self._convert(result) if result.description else None
-        self.rowcount = self.connection._rowcount(result.rowcount, result.matched)
+        self.rowcount = self.connection.count_rows(result.rowcount, result.matched)
         self.lastrowid = result.lastrowid
         self.warning_count = result.warnings
-        self.connection._last = result
+        self.connection.last_result = result
 
     def _convert(self, result: Result) -> tuple:
         return tuple(result.rows)
@@ -232,43 +231,19 @@ def _dict_fields(description: Sequence[Sequence[Any]], tables: Sequence[str]) ->
     return fields
 
 
+def _dict_rows(result: Result, dict_type: type) -> tuple:
+    """Return a buffered result's rows as dicts of dict_type."""
+    fields = _dict_fields(result.description, result.table_names)
+    return tuple(dict_type(zip(fields, row, strict=False)) for row in result.rows)
+
+
 class DictCursor(Cursor):
     """A buffered cursor whose rows are dicts {column: value}, as pymysql's."""
 
     dict_type = dict
 
     def _convert(self, result: Result) -> tuple:
-        fields = _dict_fields(result.description, result.table_names)
-        dict_type = self.dict_type
-        return tuple(dict_type(zip(fields, row, strict=False)) for row in result.rows)
-
-
-class _CursorStream(Stream):
-    """A `client.Stream` that opens on demand and shows its result's metadata."""
-
-    def __next__(self) -> tuple:
-        try:
-            return super().__next__()
-        except errors.Error:
-            raise
-        except pymysql.MySQLError as err:  # an error packet in mid-stream
-            raise errors.from_pymysql(err) from err
-
-    conv: tuple[dict, dict, bool] | None = None  # the connection's, if its own
-
-    def _prepare_codec(self, codec: Any) -> None:
-        if self.conv is not None:
-            codec.decoders, codec.encoders, codec.use_unicode = self.conv
-
-    def start(self) -> None:
-        """Send the statement and read up to its first row."""
-        self._check_owner()
-        self._open()
-
-    @property
-    def result(self) -> Any:
-        """The unbuffered pymysql result: description, affected_rows, insert_id."""
-        return self._result
+        return _dict_rows(result, self.dict_type)
 
 
 class SSCursor(Cursor):
@@ -285,7 +260,7 @@ class SSCursor(Cursor):
 
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)
-        self._stream: _CursorStream | None = None
+        self._stream: Stream | None = None
         self._fields: list[str] | None = None
 
     def execute(self, query: str, args: Params = None) -> int:
@@ -293,18 +268,10 @@ class SSCursor(Cursor):
         self._check_open()
         self._clear()
         conn = self.connection
-        sql = conn._render(query, args)
-        if not conn._streams(sql):
+        sql = conn.render(query, args)
+        if not conn.may_stream(sql):
             return super().execute(sql)
-        stream = _CursorStream(
-            conn.client,
-            sql,
-            None,
-            chunk_rows=self.chunk_rows,
-            timeout=conn.timeout,
-            pin=0,
-        )
-        conn._start_stream(stream)
+        stream = conn.open_stream(sql, self.chunk_rows)
         result = stream.result
         self._executed = sql
         self.description = result.description or None
@@ -312,7 +279,7 @@ class SSCursor(Cursor):
         self.warning_count = result.warning_count
         if self.description is None:
             matched = matched_rows(info_text(result.message))
-            self.rowcount = conn._rowcount(result.affected_rows, matched)
+            self.rowcount = conn.count_rows(result.affected_rows, matched)
         else:
             self._stream = stream
             self._fields = self._stream_fields(result)
@@ -374,7 +341,7 @@ class SSCursor(Cursor):
             stream.close()
         super().close()
 
-    def _current_stream(self) -> _CursorStream | None:
+    def _current_stream(self) -> Stream | None:
         self._fetch_rows()
         return self._stream
 
@@ -392,7 +359,7 @@ class SSDictCursor(SSCursor):
     dict_type = dict
 
     def _convert(self, result: Result) -> tuple:
-        return DictCursor._convert(self, result)  # type: ignore[arg-type]
+        return _dict_rows(result, self.dict_type)
 
     def _stream_fields(self, result: Any) -> list[str] | None:
         tables = [f.table_name for f in result.fields]

@@ -35,9 +35,10 @@ was open at the fork.
   prepared ones.
 
 The cursors are in `client.cursors`; which ``pymysql.connect()`` keywords are
-honoured is in `client.connect_args`. `SSCursor` streams (``Op.STREAM_OPEN``)
-instead of buffering. A stream runs on
-a connection of its own, so it cannot see an open transaction's uncommitted
+honoured is in `client.connect_args`; pymysql's extensions (``escape``,
+``insert_id``, ``ping``, ...) in `client.dbapi_extras`. `SSCursor` streams
+(``Op.STREAM_OPEN``) instead of buffering. A stream runs on a connection of
+its own, so it cannot see an open transaction's uncommitted
 writes: the cursor streams in autocommit mode, and when no transaction is open
 yet and the statement is a plain read (it would have been the transaction's
 first statement); otherwise it runs the statement buffered inside the
@@ -56,9 +57,10 @@ from typing import Any
 import pymysql
 
 from client import errors
-from client.api import DEFAULT_TIMEOUT, Client, Params
+from client.api import Client
 from client.connect_args import SUPERSETS, pymysql_options_for
 from client.cursors import PYMYSQL_CURSORS, Cursor, DictCursor, SSCursor, SSDictCursor
+from client.dbapi_extras import PymysqlExtensions
 from client.dbtypes import (
     BINARY,
     DATE,
@@ -88,10 +90,10 @@ from client.errors import (
     ProgrammingError,
     Warning,
 )
-from client.pinned import ISOLATION_LEVELS, Transaction
+from client.pinned import ISOLATION_LEVELS, Stream, Transaction
 from client.result import Result
+from client.settings import DEFAULT_TIMEOUT, Params
 from client.wire import protocol, statement
-from client.wire.protocol import Op
 from client.xa import XaTransaction, begins_xa
 
 __all__ = [
@@ -188,7 +190,7 @@ def connect(
             `client.DEFAULT_ENDPOINT`.
         pool: the broker pool the statements run on.
         timeout: seconds each statement may take (the broker also applies the
-            pool's ``query_timeout``); default `client.api.DEFAULT_TIMEOUT`.
+            pool's ``query_timeout``); default `client.settings.DEFAULT_TIMEOUT`.
         autocommit: run each statement on its own instead of in transactions
             (None, pymysql's "server default", is False).
         isolation_level: e.g. ``"READ COMMITTED"``, for every transaction.
@@ -238,6 +240,8 @@ class _Autocommit(int):
     method of that name: this value is both.
     """
 
+    _connection: Connection
+
     def __new__(cls, value: bool, connection: Connection) -> _Autocommit:
         self = super().__new__(cls, bool(value))
         self._connection = connection
@@ -257,7 +261,7 @@ _LOAD_LOCAL = re.compile(
 )
 
 
-class Connection:
+class Connection(PymysqlExtensions):
     """A DB-API connection: a lazily pinned broker transaction, or autocommit.
 
     Args:
@@ -321,7 +325,9 @@ class Connection:
         self._found_rows = bool(found_rows)
         self._cursorclass = self._cursor_class(cursorclass or Cursor)
         self._charset = charset
-        self._last: Result | None = None  # the last statement's, for insert_id()
+        # The result a cursor read last (nextset moves it on): insert_id() and
+        # affected_rows() report it, as pymysql's connection does.
+        self.last_result: Result | None = None
         self._conv: tuple[dict, dict, bool] | None = None
         if conv is not None or not use_unicode:
             self._own_converters(conv, use_unicode)
@@ -364,7 +370,7 @@ class Connection:
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        self._check_open()
+        self.check_open()
         value = bool(value)
         if value and not self._autocommit and self.in_transaction:
             self.commit()  # as MySQL's SET autocommit = 1 does
@@ -399,7 +405,7 @@ class Connection:
         pymysql's classes of those names (``pymysql.cursors.DictCursor``) give
         ours.
         """
-        self._check_open()
+        self.check_open()
         cls = (
             self._cursorclass
             if cursorclass is None
@@ -422,7 +428,7 @@ class Connection:
 
     def begin(self) -> None:
         """Pin a transaction now rather than at the first statement."""
-        self._check_open()
+        self.check_open()
         if self._autocommit:
             raise ProgrammingError(0, "begin() needs autocommit off")
         tx = self._transaction()
@@ -431,7 +437,7 @@ class Connection:
 
     def commit(self) -> None:
         """Commit the open transaction and free its MySQL connection, if any."""
-        self._check_open()
+        self.check_open()
         self._end_xa("COMMIT", check=True)
         tx, lost = self._tx, self._lost
         self._tx = self._lost = None
@@ -447,7 +453,7 @@ class Connection:
 
     def rollback(self) -> None:
         """Roll back the open transaction and free its MySQL connection, if any."""
-        self._check_open()
+        self.check_open()
         self._end_xa("ROLLBACK", check=True)
         self._end_transaction()
 
@@ -467,96 +473,10 @@ class Connection:
         finally:
             self._closed = True
 
-    # Extensions, as pymysql has them ------------------------------------------------
+    # Running statements (what the cursors call) ------------------------------------
 
-    def ping(self, reconnect: bool = False) -> float:
-        """Check the broker answers; return the round trip in seconds.
-
-        Args:
-            reconnect: accepted for pymysql compatibility; the broker keeps its
-                MySQL connections alive, so there is nothing to reconnect.
-
-        Raises:
-            BrokerUnavailable: when the broker does not answer in time.
-        """
-        self._check_open()
-        return self._client.ping(timeout=self.timeout)
-
-    def character_set_name(self) -> str:
-        """Return the pool's connection charset, e.g. ``"utf8mb4"``."""
-        self._check_open()
-        return self._client._pool_info(self.timeout)[protocol.INFO_CHARSET]
-
-    def get_server_info(self) -> str:
-        """Return the MySQL server version string, as pymysql does."""
-        self._check_open()
-        return self._client._pool_info(self.timeout)[protocol.INFO_SERVER_VERSION]
-
-    def escape(self, value: Any, mapping: dict | None = None) -> str:
-        """Return value as a SQL literal, escaped for the pool's charset and mode."""
-        self._check_open()
-        with self._converters() as codec:
-            return codec.escape(value, mapping)
-
-    def literal(self, value: Any) -> str:
-        """Return value as a SQL literal (pymysql's name for escape)."""
-        return self.escape(value)
-
-    @property
-    def encoding(self) -> str:
-        """The Python codec of the pool's charset, e.g. ``"utf8"``, as pymysql's."""
-        self._check_open()
-        return self._client._codec(self.timeout).encoding
-
-    @property
-    def encoders(self) -> dict:
-        """This connection's encoders by Python type, as pymysql's; edits apply."""
-        return self._own_converters()[1]
-
-    @property
-    def decoders(self) -> dict:
-        """This connection's decoders by field type, as pymysql's; edits apply."""
-        return self._own_converters()[0]
-
-    def insert_id(self) -> int:
-        """Return the last statement's AUTO_INCREMENT id, or 0, as pymysql does."""
-        last = self._last
-        return (last.lastrowid or 0) if last is not None else 0
-
-    def affected_rows(self) -> int:
-        """Return the last statement's affected (or, with FOUND_ROWS, matched) rows."""
-        last = self._last
-        return self._rowcount(last.rowcount, last.matched) if last is not None else 0
-
-    def select_db(self, db: str) -> None:
-        """Raise NotSupportedError: the database is the broker pool's."""
-        raise NotSupportedError(
-            0,
-            "select_db(): the broker pool's dsn names the database and a DB-API "
-            "connection has no MySQL connection of its own; use a pool per "
-            "database, or qualify table names",
-        )
-
-    def thread_id(self) -> int:
-        """Raise NotSupportedError: statements run on any of the pool's connections."""
-        raise NotSupportedError(
-            0,
-            "thread_id(): a DB-API connection's statements run on whichever MySQL "
-            "connection the broker picks; SELECT CONNECTION_ID() inside a "
-            "transaction gives the one it holds",
-        )
-
-    def kill(self, thread_id: int) -> None:
-        """Raise NotSupportedError: the broker cancels statements (timeout=) itself."""
-        raise NotSupportedError(
-            0,
-            "kill(): the broker cancels a statement past its timeout with KILL "
-            "QUERY itself; run KILL through a statement if you must",
-        )
-
-    # Running statements (for cursors) ------------------------------------------------
-
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise InterfaceError if the connection is closed."""
         if self._closed:
             raise InterfaceError(0, "connection is closed")
 
@@ -581,7 +501,7 @@ class Connection:
     def _end_transaction(self) -> None:
         tx, lost = self._tx, self._lost
         self._tx = self._lost = None
-        if tx is None or not tx.pin or tx._pid != os.getpid():
+        if tx is None or not tx.pin or not tx.owned:
             return  # nothing open, or the parent's transaction (after fork): not ours
         try:
             tx.rollback(timeout=self.timeout)
@@ -594,7 +514,7 @@ class Connection:
     def _converters(self, codec: Any = None) -> Iterator[Any]:
         """Lend this connection's conv and use_unicode to the thread's codec."""
         if codec is None:
-            codec = self._client._codec(self.timeout)
+            codec = self._client.codec(timeout=self.timeout)
         if self._charset is not None:
             self._check_charset(codec)
         if self._conv is None:
@@ -629,20 +549,30 @@ class Connection:
             )
         self._charset = None  # checked once
 
-    def _render(self, query: str, args: Params) -> str:
+    def render(self, query: str, args: Params) -> str:
         """Return the statement as sent: args rendered by pymysql's escaping."""
         if args is None:
             return query
         with self._converters() as codec:
             return codec.render(query, args).decode(codec.encoding)
 
-    def _rowcount(self, rowcount: int, matched: int | None) -> int:
+    def count_rows(self, rowcount: int, matched: int | None) -> int:
+        """Return an UPDATE's rowcount as this connection counts (FOUND_ROWS)."""
         return matched if self._found_rows and matched is not None else rowcount
 
-    def _start_stream(self, stream: Any) -> None:
+    def open_stream(self, sql: str, chunk_rows: int) -> Stream:
+        """Return a `client.Stream` of sql opened with this connection's conv."""
+        stream = Stream(
+            self._client,
+            sql,
+            None,
+            chunk_rows=chunk_rows,
+            timeout=self.timeout,
+            conv=self._conv,
+        )
         with self._converters():
-            stream.conv = self._conv
-            stream.start()
+            stream.open()
+        return stream
 
     def _end_xa(self, how: str = "ROLLBACK", check: bool = False) -> None:
         xa, self._xa = self._xa, None
@@ -660,9 +590,9 @@ class Connection:
             if xa.ended:
                 self._xa = None
 
-    def _run(self, statements: Sequence[tuple[str, Params]]) -> Result:
+    def run(self, statements: Sequence[tuple[str, Params]]) -> Result:
         """Run statements in order on one connection; return the last Result."""
-        self._check_open()
+        self.check_open()
         if self._conv is not None or self._charset is not None:
             with self._converters():
                 return self._run_plain(statements)
@@ -695,8 +625,9 @@ class Connection:
             raise
         return result
 
-    def _run_many(self, sql: str, seq_params: Iterable[Params]) -> Result:
-        self._check_open()
+    def run_many(self, sql: str, seq_params: Iterable[Params]) -> Result:
+        """Run sql once per parameter set, in the transaction unless autocommit."""
+        self.check_open()
         with self._converters():
             return self._run_many_plain(sql, seq_params)
 
@@ -713,7 +644,7 @@ class Connection:
                 self._lost = err
             raise
 
-    def _streams(self, sql: str) -> bool:
+    def may_stream(self, sql: str) -> bool:
         """Whether an SSCursor may stream sql rather than run it in the transaction."""
         if self._xa is not None:
             return False  # a stream's own connection would not see the XA's writes
@@ -723,13 +654,8 @@ class Connection:
 
     def __del__(self) -> None:
         tx = self._tx
-        if (
-            tx is not None
-            and tx.pin
-            and tx._pid == os.getpid()
-            and tx._thread == threading.get_ident()
-        ):
+        if tx is not None:
             try:
-                self._client._send_only(Op.ROLLBACK, tx.pin)
+                tx.discard()
             except Exception:  # noqa: S110  the broker's idle timeout rolls back
                 pass

@@ -12,8 +12,6 @@ so existing ``except`` clauses catch them.
 
 from __future__ import annotations
 
-from typing import cast
-
 import pymysql
 
 
@@ -134,10 +132,9 @@ def to_wire(err: Error) -> list:
 
 def from_wire(body: object) -> Error:
     """Rebuild the error a reply carries; an unknown class becomes InternalError."""
-    try:
-        name, errno, msg, sqlstate = cast(tuple[object, ...], body)
-    except (TypeError, ValueError):
+    if not isinstance(body, list | tuple) or len(body) != 4:
         return InternalError(0, f"malformed error reply: {body!r}")
+    name, errno, msg, sqlstate = body
     cls = _CLASSES.get(name, InternalError) if isinstance(name, str) else InternalError
     return cls(
         errno if isinstance(errno, int) else 0,

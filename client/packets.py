@@ -92,6 +92,15 @@ class _Result(MySQLResult):
     are the key, so a cached entry is exactly what parsing would give.
     """
 
+    # Set by pymysql's column parsing, which mypy cannot see through.
+    fields: Any
+    converters: Any
+    description: Any
+
+    def next_row(self) -> tuple | None:
+        """Return the next row of an unbuffered result, or None after the last."""
+        return self._read_rowdata_packet_unbuffered()
+
     def _get_descriptions(self) -> None:
         conn = self.connection
         if conn.decoders is not conn._plain_decoders or not conn.use_unicode:
@@ -193,7 +202,7 @@ class Codec(pymysql.connections.Connection):
             )
         return result  # type: ignore[return-value]
 
-    def open_stream(self, packets: bytes) -> MySQLResult:
+    def open_stream(self, packets: bytes) -> _Result:
         """Return an unbuffered pymysql result positioned at its first row."""
         self._data, self._pos = packets, 0
         result = _Result(self)

@@ -34,12 +34,14 @@ transaction ends.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from pymysql.constants import CLIENT
 from sqlalchemy import exc, pool
 from sqlalchemy.dialects.mysql.base import MySQLDialect, MySQLExecutionContext
 from sqlalchemy.dialects.mysql.mariadb import MariaDBDialect
+from sqlalchemy.engine.interfaces import DBAPICursor, IsolationLevel
 from sqlalchemy.engine.url import URL
 
 from client import dbapi, errors
@@ -50,7 +52,7 @@ _URL_KEYS = {"endpoint": str, "pool": str, "timeout": float, "name": str}
 class MySQLExecutionContext_broker(MySQLExecutionContext):
     """Execution context: ``stream_results`` gets a `client.dbapi.SSCursor`."""
 
-    def create_server_side_cursor(self) -> dbapi.Cursor:
+    def create_server_side_cursor(self) -> DBAPICursor:
         """Return an unbuffered cursor on this execution's DB-API connection."""
         return self._dbapi_connection.cursor(dbapi.SSCursor)
 
@@ -163,7 +165,9 @@ class MySQLDialect_broker(MySQLDialect):
             return super()._get_server_version_info(connection)
         return self._parse_server_version(version)
 
-    def get_isolation_level_values(self, dbapi_connection: Any) -> tuple[str, ...]:
+    def get_isolation_level_values(
+        self, dbapi_connection: Any
+    ) -> Sequence[IsolationLevel]:
         """Return the levels ``isolation_level`` accepts, AUTOCOMMIT included."""
         return (
             "SERIALIZABLE",
@@ -181,11 +185,11 @@ class MySQLDialect_broker(MySQLDialect):
         dbapi_connection.autocommit = False
         dbapi_connection.isolation_level = level
 
-    def get_isolation_level(self, dbapi_connection: Any) -> str:
+    def get_isolation_level(self, dbapi_connection: Any) -> IsolationLevel:
         """Return the isolation the connection's transactions get."""
         level = dbapi_connection.isolation_level
         if level is not None:
-            return level
+            return cast(IsolationLevel, level)
         return super().get_isolation_level(dbapi_connection)
 
     def detect_autocommit_setting(self, dbapi_connection: Any) -> bool:

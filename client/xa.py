@@ -12,7 +12,6 @@ server, holding its locks, and MariaDB 10.11 without a binary log refuses to
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -21,7 +20,8 @@ from client.errors import Error
 from client.result import Result
 
 if TYPE_CHECKING:
-    from client.api import Client, Params
+    from client.api import Client
+    from client.settings import Params
 
 _BEGINS = re.compile(
     r"\s*XA\s+(?:START|BEGIN)\s+(.*?)(?:\s+(?:JOIN|RESUME))?\s*;?\s*$",
@@ -72,7 +72,7 @@ class XaTransaction:
             check: raise an error of the XA statements instead of ignoring it.
         """
         session = self._session
-        if self.ended or not session.pin or session._pid != os.getpid():
+        if self.ended or not session.pin or not session.owned:
             return
         self.ended = True
         steps = [f"XA END {self.xid}"] if self.state == "active" else []

@@ -10,6 +10,7 @@ import pytest
 
 import client
 from client import aio
+from client.aio_links import ZmqLink
 
 
 def run(coro):
@@ -60,7 +61,7 @@ def test_module_functions_use_the_default_client(broker, table, monkeypatch):
         # A second asyncio.run: a new connection on the new loop; the finished
         # loop's connection is closed on the way.
         assert (await aio.query("SELECT 5")).scalar() == 5
-        assert len(aio.default_client()._links) == 1
+        assert len(aio.default_client()._drivers) == 1
         await aio.default_client().close()
 
     run(main())
@@ -82,7 +83,7 @@ def test_200_tasks_on_one_loop_share_a_pool_of_4(make_broker):
             got = await asyncio.gather(*(one(c, n) for n in range(tasks)))
             elapsed = time.monotonic() - start
             assert got == [f"task-{n}" for n in range(tasks)]
-            assert len(c._links) == 1  # one connection carried them all
+            assert len(c._drivers) == 1  # one connection carried them all
             stats = (await c.stats())["pools"]["default"]
             return elapsed, stats
 
@@ -311,7 +312,7 @@ def test_tcp_endpoint_uses_zmq_asyncio(make_broker, mysql_dsn, password_file):
         async with aio.Client(endpoint=b.endpoint, timeout=10) as c:
             got = await asyncio.gather(*(c.query("SELECT %s", (n,)) for n in range(50)))
             assert [r.scalar() for r in got] == list(range(50))
-            assert isinstance(next(iter(c._links.values())), aio._ZmqLink)
+            assert isinstance(next(iter(c._drivers.values())).link, ZmqLink)
             rows = [
                 r async for r in c.stream("SELECT seq FROM seq_1_to_300", chunk_rows=50)
             ]
@@ -354,10 +355,10 @@ def test_transaction_belongs_to_its_process(broker):
         async with aio.Client(endpoint=broker.endpoint, timeout=10) as c:
             tx = c.transaction()
             await tx.begin()
-            tx._pid = -1  # as if inherited through fork
+            tx._state.pid = -1  # as if inherited through fork
             with pytest.raises(client.InterfaceError, match="belongs to pid"):
                 await tx.query("SELECT 1")
-            tx._pid = os.getpid()
+            tx._state.pid = os.getpid()
             await tx.rollback()
             with pytest.raises(client.InterfaceError, match="not open"):
                 await tx.query("SELECT 1")
@@ -382,7 +383,7 @@ def test_one_client_serves_event_loops_in_several_threads(broker):
     for t in threads:
         t.join(20)
     assert results == {n: [f"{n}-{i}" for i in range(30)] for n in range(3)}
-    assert c._links == {}
+    assert c._drivers == {}
 
 
 def test_cancelling_a_queued_statement_never_runs_it(make_broker, direct):

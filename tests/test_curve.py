@@ -115,3 +115,34 @@ def test_plain_tcp_off_loopback_is_refused_at_start(broker_dir):
     assert out.returncode == 2
     assert "curve_secret_key" in out.stderr
     assert "allow_insecure_tcp" in out.stderr
+
+
+def test_asyncio_client_reaches_a_curve_endpoint(make_broker, keys):
+    import asyncio
+
+    from client import aio
+
+    endpoint = _curve_broker(make_broker, keys)
+
+    async def main():
+        known = aio.Client(
+            endpoint,
+            timeout=5,
+            server_key=str(keys["server"][0]),
+            client_key=str(keys["known"][1]),
+        )
+        assert (await known.query("SELECT 40 + 2")).scalar() == 42
+        async with known.transaction() as tx:
+            assert (await tx.query("SELECT 7")).scalar() == 7
+        stranger = aio.Client(
+            endpoint,
+            timeout=1,
+            server_key=str(keys["server"][0]),
+            client_key=str(keys["other"][1]),
+        )
+        with pytest.raises(client.BrokerUnavailable):
+            await stranger.query("SELECT 1")
+        for c in (known, stranger):
+            await c.close()
+
+    asyncio.run(main())

@@ -219,6 +219,7 @@ def test_cancelled_write_waits_for_the_outcome_and_reports_it(make_broker, direc
 def test_a_pin_is_usable_only_by_the_process_that_opened_it(broker):
     import os
 
+    from client.calls import Call
     from client.wire.protocol import Op, Status
 
     c = broker.client()
@@ -231,8 +232,8 @@ def test_a_pin_is_usable_only_by_the_process_that_opened_it(broker):
         if pid == 0:
             try:
                 other = broker.client()
-                status, body = other._transport().call(
-                    Op.QUERY, "default", 2, tx.pin, b"SELECT 2"
+                status, body = other.driver().exchange(
+                    Call(Op.QUERY, tx.pin, b"SELECT 2", 2)
                 )
                 ok = (
                     status == Status.ERROR
