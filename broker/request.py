@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from broker.ipc import Peer
 from broker.pinlimit import PinLimits
 from client import errors
-from client.pinned import ISOLATION_LEVELS
-from client.wire.protocol import Op, Status, seconds_left
+from client.wire.protocol import ISOLATION_LEVELS, Op, Status, seconds_left
 
 if TYPE_CHECKING:
     from broker.backend import Backend

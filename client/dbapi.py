@@ -90,10 +90,11 @@ from client.errors import (
     ProgrammingError,
     Warning,
 )
-from client.pinned import ISOLATION_LEVELS, Stream, Transaction
+from client.pinned import Stream, Transaction
 from client.result import Result
 from client.settings import DEFAULT_TIMEOUT, Params
 from client.wire import protocol, statement
+from client.wire.protocol import ISOLATION_LEVELS
 from client.xa import XaTransaction, begins_xa
 
 __all__ = [

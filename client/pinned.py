@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from client.handles import Handle, SessionHandle, StreamHandle, TransactionHandle
-from client.pins import ISOLATION_LEVELS, MORE
+from client.pins import MORE
 from client.result import Result
 from client.wire.protocol import Op
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from client.calls import Operation
     from client.settings import Params
 
-__all__ = ["ISOLATION_LEVELS", "Session", "Stream", "Transaction"]
+__all__ = ["Session", "Stream", "Transaction"]
 
 
 class _Statements(Handle):

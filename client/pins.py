@@ -28,14 +28,10 @@ from client.calls import query as _query
 from client.packets import weak_refill
 from client.result import Result
 from client.wire import mysql
-from client.wire.protocol import SERVED_BY_PRIMARY, Op, Status
+from client.wire.protocol import ISOLATION_LEVELS, SERVED_BY_PRIMARY, Op, Status
 
 if TYPE_CHECKING:
     from client.settings import Params
-
-ISOLATION_LEVELS = frozenset(
-    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
-)
 
 MORE: Any = object()  # Stream.row(): the chunks at hand are used up, fetch more
 

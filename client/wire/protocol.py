@@ -109,6 +109,11 @@ INFO_SERVER_STATUS = "server_status"  # MySQL status flags (NO_BACKSLASH_ESCAPES
 INFO_SERVER_VERSION = "server_version"
 INFO_MAX_MESSAGE_BYTES = "max_message_bytes"
 
+# What Op.BEGIN's "isolation" may name (either side refuses anything else).
+ISOLATION_LEVELS = frozenset(
+    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+)
+
 SERVED_BY_PRIMARY = "primary"  # Result.served_by of anything the primary ran
 
 _packer = msgpack.Packer(use_bin_type=True)
