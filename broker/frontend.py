@@ -185,10 +185,15 @@ class Frontend:
         self.router.close(linger=0)
         self._ctx.term()
 
-    def resume(self, now: float) -> None:
-        """Let listeners paused at the open files limit accept again, when due."""
+    def resume(self, now: float) -> bool:
+        """Let listeners paused at the open files limit accept again, when due.
+
+        Return whether one is still paused.
+        """
+        paused = False
         for listener in self.listeners.values():
-            listener.resume(now)
+            paused = listener.resume(now) or paused
+        return paused
 
     def _refused_at_fd_limit(self) -> int:
         return sum(x.refused for x in self.listeners.values())

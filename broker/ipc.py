@@ -315,8 +315,11 @@ class Listener:
             self._poller.unregister(self.fd)
         self._paused_until = time.monotonic() + ACCEPT_PAUSE
 
-    def resume(self, now: float) -> None:
-        """Poll the listener again once a pause at the fd limit has passed."""
+    def resume(self, now: float) -> bool:
+        """Poll the listener again once a pause at the fd limit has passed.
+
+        Return whether it is (still) paused.
+        """
         if self._paused_until and now >= self._paused_until:
             self._paused_until = 0.0
             if self._spare is None:
@@ -324,8 +327,9 @@ class Listener:
                     self._spare = os.open(os.devnull, os.O_RDONLY)
                 except OSError:
                     self._pause()
-                    return
+                    return True
             self._poller.register(self.fd, POLLIN)
+        return bool(self._paused_until)
 
     def _say_limit(self) -> None:
         """Log the fd limit at most once per LIMIT_LOG_EVERY: no log flood."""

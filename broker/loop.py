@@ -35,7 +35,7 @@ from broker.config import Config
 from broker.connector import Connector, Outcome
 from broker.dispatch import Dispatch, connect_error
 from broker.frontend import Frontend
-from broker.janitor import TICK, Janitor
+from broker.janitor import IDLE_TICK, TICK, Janitor
 from broker.metrics import BrokerMetrics
 from broker.poller import POLLIN, POLLOUT, Poller
 from broker.pool import Pool
@@ -104,6 +104,7 @@ class Broker:
         self._drain_deadline = 0.0
         self._exit_code = 0
         self._next_tick = 0.0
+        self._idle = False  # nothing waits on a deadline: tick every IDLE_TICK
         self._spare_cpu = True  # busy polling only takes a CPU nobody else wants
         self._cpus = len(os.sched_getaffinity(0))
         self._load_unknown_said = False
@@ -170,9 +171,10 @@ class Broker:
         while not self._stop:
             # Spin only while traffic flows: after a wake-up that brought events.
             spin = self.config.broker.busy_poll_us if events and self._spare_cpu else 0
-            events = poll(0 if spin else TICK * 1000)
+            wait_ms = (IDLE_TICK if self._idle else TICK) * 1000
+            events = poll(0 if spin else wait_ms)
             if spin and not events:
-                events = self._busy_poll(spin / 1e6) or poll(TICK * 1000)
+                events = self._busy_poll(spin / 1e6) or poll(wait_ms)
             for sock, event in events:
                 if sock is router:
                     drain_router()
@@ -191,6 +193,9 @@ class Broker:
                 elif (listener := listeners.get(sock)) is not None:
                     frontend.accept(listener)
             now = time.monotonic()
+            if events and self._idle:  # work arrived: deadlines need the fine tick
+                self._idle = False
+                self._next_tick = min(self._next_tick, now + TICK)
             if now >= self._next_tick:
                 self._tick(now)
 
@@ -211,7 +216,6 @@ class Broker:
         return []
 
     def _tick(self, now: float) -> None:
-        self._next_tick = now + TICK
         if self.config.broker.busy_poll_us:
             runnable = _runnable()
             self._spare_cpu = runnable is None or runnable <= self._cpus
@@ -222,7 +226,9 @@ class Broker:
                     "ProcSubset=pid hides it), so the loop spins whatever the "
                     "other load; see Throughput options in deploy/README.md"
                 )
-        self.janitor.tick(now)
+        pending = self.janitor.tick(now)
+        self._idle = not (pending or self.dispatch.draining)
+        self._next_tick = now + (IDLE_TICK if self._idle else TICK)
         if self.dispatch.draining and (
             now >= self._drain_deadline or self._idle_for_exit()
         ):
