@@ -24,8 +24,7 @@ import client
 from broker.bench_run import Job, RunResult, measure
 from broker.bench_settings import BenchError, Settings, pool_config
 from broker.bench_setup import Target, make_fixture, pool_keys, start_broker
-from broker.bench_table import Progress, per_unit
-from broker.metrics import percentile
+from broker.bench_table import Progress, per_unit, side_figures
 from broker.sandbox import PRIMARY_OPTIONS, REPLICA_OPTIONS, Sandbox, SandboxError
 from client.wire.protocol import SERVED_BY_PRIMARY
 
@@ -147,11 +146,7 @@ def _cell(
             runs[side].append(measure(job, n))
     row: dict = {"scenario": "replica", "clients": n}
     for side, results in runs.items():
-        ordered = sorted(lat for r in results for lat in r.latencies)
-        row[f"qps_{side}"] = sum(r.rate for r in results) / len(results)
-        row[f"p50_{side}_ms"] = percentile(ordered, 0.50) * 1000
-        row[f"p99_{side}_ms"] = percentile(ordered, 0.99) * 1000
-        row[f"errors_{side}"] = sum(r.errors for r in results)
+        row.update(side_figures(side, results))
         row[f"broker_us_{side}"] = per_unit(
             [r.cpu_seconds for r in results], results, 1
         )

@@ -16,6 +16,18 @@ from broker.bench_setup import Target, broker_stats
 from broker.metrics import percentile
 
 
+def side_figures(side: str, results: list[RunResult]) -> dict:
+    """Return one side's throughput, latency percentiles, errors and sample count."""
+    ordered = sorted(lat for r in results for lat in r.latencies)
+    return {
+        f"qps_{side}": sum(r.rate for r in results) / len(results),
+        f"p50_{side}_ms": percentile(ordered, 0.50) * 1000,
+        f"p99_{side}_ms": percentile(ordered, 0.99) * 1000,
+        f"errors_{side}": sum(r.errors for r in results),
+        f"samples_{side}": len(ordered),
+    }
+
+
 def _cell(
     settings: Settings,
     target: Target,
@@ -39,12 +51,7 @@ def _cell(
         "unit": "rows/s" if scenario in ROW_SCENARIOS else "queries/s",
     }
     for side, results in runs.items():
-        ordered = sorted(lat for r in results for lat in r.latencies)
-        row[f"qps_{side}"] = sum(r.rate for r in results) / len(results)
-        row[f"p50_{side}_ms"] = percentile(ordered, 0.50) * 1000
-        row[f"p99_{side}_ms"] = percentile(ordered, 0.99) * 1000
-        row[f"errors_{side}"] = sum(r.errors for r in results)
-        row[f"samples_{side}"] = len(ordered)
+        row.update(side_figures(side, results))
         first_error = next((r.first_error for r in results if r.first_error), None)
         if first_error:
             progress.note(

@@ -24,16 +24,6 @@ from client.result import Result
 from client.settings import BaseClient, Params
 from client.wire.protocol import Op
 
-__all__ = [
-    "Client",
-    "default_client",
-    "executemany",
-    "query",
-    "session",
-    "stream",
-    "transaction",
-]
-
 
 class Client(BaseClient):
     """A handle on the broker for threads and processes (arguments: `BaseClient`)."""
