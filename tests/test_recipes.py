@@ -157,6 +157,26 @@ def _check_hits(replies: list[dict], server_pid: int) -> set[int]:
     return pids
 
 
+def _hammer_workers(
+    port: int,
+    server_pid: int,
+    mysql_server: Any,
+    direct: pymysql.connections.Connection,
+) -> tuple[set[int], int, int]:
+    """Hammer until two workers have served (at most 3 rounds); (pids, peak, rounds).
+
+    On a loaded machine the kernel may hand one worker every accept() of a
+    round; another round gives the others their turn.
+    """
+    pids: set[int] = set()
+    peak = rounds = 0
+    while len(pids) < 2 and rounds < 3:
+        replies, round_peak = _hammer(port, mysql_server, direct)
+        pids |= _check_hits(replies, server_pid)
+        peak, rounds = max(peak, round_peak), rounds + 1
+    return pids, peak, rounds
+
+
 def _table_rows(direct: pymysql.connections.Connection, table: str) -> int:
     with direct.cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {table}")
@@ -198,11 +218,10 @@ def test_gunicorn_preload_serves_each_request_its_own_row(
     port = _free_port()
     proc = spawn(_gunicorn(kind, app, port), env=_env(web_broker), cwd=ROOT)
     _wait_http(proc, port)
-    replies, peak = _hammer(port, mysql_server, direct)
-    pids = _check_hits(replies, proc.pid)
+    pids, peak, rounds = _hammer_workers(port, proc.pid, mysql_server, direct)
     assert len(pids) >= 2
     assert 1 <= peak <= MAX_SIZE  # 3 workers (x4 threads), 12 clients
-    assert _table_rows(direct, "hits") == REQUESTS
+    assert _table_rows(direct, "hits") == REQUESTS * rounds
 
 
 @pytest.mark.parametrize("kind", ["sync", "gthread"])
@@ -235,11 +254,10 @@ def test_gunicorn_preload_django_site(
         cwd=DJANGO_SITE,
     )
     _wait_http(proc, port)
-    replies, peak = _hammer(port, mysql_server, direct)
-    pids = _check_hits(replies, proc.pid)
+    pids, peak, rounds = _hammer_workers(port, proc.pid, mysql_server, direct)
     assert len(pids) >= 2
     assert 1 <= peak <= MAX_SIZE
-    assert _table_rows(direct, "hits_hit") == REQUESTS
+    assert _table_rows(direct, "hits_hit") == REQUESTS * rounds
     with web_broker.client() as c:
         assert c.stats()["pins"] == []  # every atomic() block let go of its pin
 
@@ -266,11 +284,10 @@ def test_uwsgi_master_processes(
         args.append("--lazy-apps")
     proc = spawn(args, env=_env(web_broker), cwd=ROOT)
     _wait_http(proc, port)
-    replies, peak = _hammer(port, mysql_server, direct)
-    pids = _check_hits(replies, proc.pid)
+    pids, peak, rounds = _hammer_workers(port, proc.pid, mysql_server, direct)
     assert len(pids) >= 2
     assert 1 <= peak <= MAX_SIZE
-    assert _table_rows(direct, "hits") == REQUESTS
+    assert _table_rows(direct, "hits") == REQUESTS * rounds
 
 
 # --- celery ------------------------------------------------------------------------
