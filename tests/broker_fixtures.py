@@ -10,7 +10,10 @@ broker's log is printed when a test fails.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import socket
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ import zmq
 
 import client
 from broker.launch import START_TIMEOUT, LaunchError, ServeProcess
+from client import dbapi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,3 +220,76 @@ def db(broker: BrokerProcess) -> Iterator[client.Client]:
     """A Client of the `broker` fixture."""
     with broker.client() as c:
         yield c
+
+
+# PEP 249's exception names, each also pymysql's class of that name.
+PEP249_ERRORS = (
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "Warning",
+)
+
+
+def start_on_tcp(
+    make_broker: Callable[..., BrokerProcess],
+    mysql_dsn: str,
+    password_file: Path,
+    pool_keys: dict[str, Any],
+) -> BrokerProcess:
+    """Start a broker serving a tcp:// endpoint on a free loopback port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    b = make_broker(start=False)
+    b.endpoint = f"tcp://127.0.0.1:{port}"
+    b.write_config(mysql_dsn, str(password_file), pool_keys, {})
+    b.start()
+    return b
+
+
+@pytest.fixture
+def stranger() -> pwd.struct_passwd:
+    """A user outside every group of the broker's socket."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a second user needs root")
+    name = "bkstranger"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--no-create-home", "--shell", "/bin/false", name], check=True
+        )
+    return pwd.getpwnam(name)
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., dbapi.Connection]]:
+    """dbapi.connect, closing every connection at teardown (a broker drains
+    open transactions before it exits)."""
+    made: list[dbapi.Connection] = []
+
+    def make(*args: Any, **kwargs: Any) -> dbapi.Connection:
+        c = dbapi.connect(*args, **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def table(db: client.Client) -> str:
+    """Table t (id, name UNIQUE, n) in the test database, InnoDB."""
+    db.query(
+        "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) UNIQUE,"
+        " n INT) ENGINE=InnoDB"
+    )
+    return "t"

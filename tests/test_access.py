@@ -2,7 +2,6 @@
 
 import grp
 import os
-import pwd
 import subprocess
 import sys
 import threading
@@ -34,20 +33,6 @@ def test_world_writable_socket_directory_is_refused(make_broker):
     b.start(wait=False)
     assert b.proc.wait(15) == 1
     assert "world-writable" in b.log()
-
-
-@pytest.fixture
-def stranger():
-    if os.geteuid() != 0:
-        pytest.skip("creating a second user needs root")
-    name = "bkstranger"
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--no-create-home", "--shell", "/bin/false", name], check=True
-        )
-    return pwd.getpwnam(name)
 
 
 def test_other_user_is_refused_on_a_0660_socket(make_broker, stranger):

@@ -2,11 +2,11 @@
 
 import asyncio
 import os
-import socket
 import threading
 import time
 
 import pytest
+from broker_fixtures import start_on_tcp
 
 import client
 from client import aio
@@ -300,13 +300,7 @@ def test_broker_restart_fails_waiting_requests_then_recovers(make_broker):
 
 
 def test_tcp_endpoint_uses_zmq_asyncio(make_broker, mysql_dsn, password_file):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    b = make_broker(start=False)
-    b.endpoint = f"tcp://127.0.0.1:{port}"
-    b.write_config(mysql_dsn, str(password_file), {"max_size": 2}, {})
-    b.start()
+    b = start_on_tcp(make_broker, mysql_dsn, password_file, {"max_size": 2})
 
     async def main():
         async with aio.Client(endpoint=b.endpoint, timeout=10) as c:

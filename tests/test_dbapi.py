@@ -13,6 +13,7 @@ import time
 
 import pymysql
 import pytest
+from broker_fixtures import PEP249_ERRORS
 
 import client
 from client import dbapi
@@ -23,31 +24,6 @@ def conn(broker):
     c = dbapi.connect(endpoint=broker.endpoint, timeout=10)
     yield c
     c.close()
-
-
-@pytest.fixture
-def connect():
-    """dbapi.connect, closing every connection at teardown (a broker drains
-    open transactions before it exits)."""
-    made = []
-
-    def make(*args, **kwargs):
-        c = dbapi.connect(*args, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
-
-
-@pytest.fixture
-def table(db):
-    db.query(
-        "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) UNIQUE,"
-        " n INT) ENGINE=InnoDB"
-    )
-    return "t"
 
 
 def _pinned(db):
@@ -64,19 +40,7 @@ def test_module_globals():
 
 
 def test_exceptions_are_the_client_classes_in_the_pep_hierarchy():
-    names = [
-        "Warning",
-        "Error",
-        "InterfaceError",
-        "DatabaseError",
-        "DataError",
-        "OperationalError",
-        "IntegrityError",
-        "InternalError",
-        "ProgrammingError",
-        "NotSupportedError",
-    ]
-    for name in names:
+    for name in PEP249_ERRORS:
         assert getattr(dbapi, name) is getattr(client, name)
         assert getattr(dbapi.Connection, name) is getattr(client, name)
     assert issubclass(dbapi.Warning, Exception)
@@ -84,7 +48,7 @@ def test_exceptions_are_the_client_classes_in_the_pep_hierarchy():
     assert not issubclass(dbapi.Warning, dbapi.Error)
     for name in ("InterfaceError", "DatabaseError"):
         assert issubclass(getattr(dbapi, name), dbapi.Error)
-    for name in names[4:]:
+    for name in PEP249_ERRORS[3:-1]:  # DataError .. NotSupportedError
         assert issubclass(getattr(dbapi, name), dbapi.DatabaseError)
     assert issubclass(client.QueryTimeout, dbapi.OperationalError)
 

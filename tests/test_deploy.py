@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -546,21 +545,6 @@ def test_exec_start_speaks_sd_notify_as_the_unit_expects(
 # --- what deploy/README.md quotes ------------------------------------------------
 
 README = ROOT / "deploy" / "README.md"
-
-
-@pytest.fixture
-def stranger() -> pwd.struct_passwd:
-    """A user outside every group of the broker's socket."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a second user needs root")
-    name = "bkstranger"
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--no-create-home", "--shell", "/bin/false", name], check=True
-        )
-    return pwd.getpwnam(name)
 
 
 @pytest.mark.timeout(90)

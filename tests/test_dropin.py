@@ -5,6 +5,7 @@ pymysql's to give, through a plain pymysql connection to the same server.
 """
 
 import datetime
+import functools
 
 import pymysql
 import pytest
@@ -15,28 +16,16 @@ from client import dbapi
 
 
 @pytest.fixture
-def connect(broker):
-    """dbapi.connect to the test broker, closing every connection at teardown."""
-    made = []
-
-    def make(**kwargs):
-        c = dbapi.connect(endpoint=broker.endpoint, timeout=10, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
+def connect(connect, broker):
+    """The shared dbapi.connect, aimed at the test broker."""
+    return functools.partial(connect, endpoint=broker.endpoint, timeout=10)
 
 
 @pytest.fixture
-def table(db):
-    db.query(
-        "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) UNIQUE,"
-        " n INT) ENGINE=InnoDB"
-    )
+def table(table, db):
+    """The shared table t, with three rows."""
     db.query("INSERT INTO t (name, n) VALUES ('a', 1), ('b', 2), ('c', 3)")
-    return "t"
+    return table
 
 
 def _direct(mysql_server, database, **kwargs):

@@ -2,6 +2,7 @@
 
 import pymysql
 import pytest
+from broker_fixtures import PEP249_ERRORS
 
 import client
 from client import errors
@@ -62,21 +63,7 @@ def test_pymysql_error_keeps_class_and_values():
     assert err.args == (1062, "Duplicate entry '1' for key 'PRIMARY'")
 
 
-PYMYSQL_NAMES = [
-    "Error",
-    "InterfaceError",
-    "DatabaseError",
-    "DataError",
-    "OperationalError",
-    "IntegrityError",
-    "InternalError",
-    "ProgrammingError",
-    "NotSupportedError",
-    "Warning",
-]
-
-
-@pytest.mark.parametrize("name", PYMYSQL_NAMES)
+@pytest.mark.parametrize("name", PEP249_ERRORS)
 def test_each_class_is_also_the_pymysql_class_of_its_name(name):
     ours, theirs = getattr(client, name), getattr(pymysql.err, name)
     assert issubclass(ours, theirs)

@@ -16,6 +16,7 @@ import time
 
 import pymysql
 import pytest
+from broker_fixtures import start_on_tcp
 
 import client
 from broker import reaper
@@ -150,13 +151,7 @@ def test_insert_left_unread_past_its_deadline_never_runs(make_broker, direct):
 def test_tcp_insert_read_past_its_wall_clock_deadline_never_runs(
     make_broker, direct, mysql_dsn, password_file
 ):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    b = make_broker(start=False)
-    b.endpoint = f"tcp://127.0.0.1:{port}"
-    b.write_config(mysql_dsn, str(password_file), {"max_size": 1}, {})
-    b.start()
+    b = start_on_tcp(make_broker, mysql_dsn, password_file, {"max_size": 1})
     c = b.client(timeout=1)
     c.query("CREATE TABLE t (a INT)")
     b.signal(signal.SIGSTOP)
