@@ -121,31 +121,29 @@ class SideLink:
                 self._lock.release()
 
 
-def present(side: SideLink, connect_args: dict, ids: list[int]) -> set[int]:
-    """Return which of the connection ids PROCESSLIST still shows."""
+def _listed(
+    side: SideLink, connect_args: dict, ids: list[int], also: str = ""
+) -> set[int]:
+    """Return which of the connection ids PROCESSLIST shows (and matches also)."""
     if not ids:
         return set()
     marks = ", ".join(["%s"] * len(ids))
     rows = side.run(
         connect_args,
-        f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({marks})",
+        f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({marks}){also}",
         ids,
     )
     return {row[0] for row in rows}
+
+
+def present(side: SideLink, connect_args: dict, ids: list[int]) -> set[int]:
+    """Return which of the connection ids PROCESSLIST still shows."""
+    return _listed(side, connect_args, ids)
 
 
 def running(side: SideLink, connect_args: dict, ids: list[int]) -> set[int]:
     """Return which of the connection ids are running a statement now."""
-    if not ids:
-        return set()
-    marks = ", ".join(["%s"] * len(ids))
-    rows = side.run(
-        connect_args,
-        "SELECT ID FROM information_schema.PROCESSLIST "
-        f"WHERE ID IN ({marks}) AND COMMAND <> 'Sleep'",
-        ids,
-    )
-    return {row[0] for row in rows}
+    return _listed(side, connect_args, ids, " AND COMMAND <> 'Sleep'")
 
 
 def reap(

@@ -111,7 +111,7 @@ class Client(BaseClient):
         ``replica`` as in `client.Client.query`.
         """
         driver = self.driver()
-        replica = self.replica if replica is None else replica
+        replica = self.wants_replica(replica)
         return await driver.run(
             calls.query(driver.scope, sql, params, timeout, 0, replica)
         )
@@ -161,7 +161,7 @@ class Client(BaseClient):
             params,
             chunk_rows=self.check_chunk_rows(chunk_rows),
             timeout=timeout,
-            replica=self.replica if replica is None else bool(replica),
+            replica=self.wants_replica(replica),
         )
 
     async def ping(self, *, timeout: float | None = None) -> float:

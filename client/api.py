@@ -63,7 +63,7 @@ class Client(BaseClient):
         may run on an eligible replica; ``Result.served_by`` tells which.
         """
         driver = self.driver()
-        replica = self.replica if replica is None else replica
+        replica = self.wants_replica(replica)
         return driver.run(calls.query(driver.scope, sql, params, timeout, 0, replica))
 
     def executemany(
@@ -110,7 +110,7 @@ class Client(BaseClient):
             params,
             chunk_rows=self.check_chunk_rows(chunk_rows),
             timeout=timeout,
-            replica=self.replica if replica is None else bool(replica),
+            replica=self.wants_replica(replica),
         )
 
     def ping(self, *, timeout: float | None = None) -> float:

@@ -133,6 +133,10 @@ class BaseClient:
             "thread": threading.current_thread().name,
         }
 
+    def wants_replica(self, replica: bool | None) -> bool:
+        """Return whether a read may go to a replica: the call's say, else ours."""
+        return self.replica if replica is None else bool(replica)
+
     @staticmethod
     def check_chunk_rows(chunk_rows: Any) -> int:
         """Return chunk_rows, or raise InterfaceError unless it is an int >= 1."""

@@ -8,7 +8,7 @@ and plays the connector threads itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fake_mysql import Harness, err, ok, result
@@ -23,10 +23,22 @@ pytestmark = pytest.mark.timeout(10)
 
 
 @pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    harness.close()
+def make_harness() -> Iterator[Callable[..., Harness]]:
+    """Build Harnesses with pool settings; close them all at teardown."""
+    made: list[Harness] = []
+
+    def make(**pool_settings: object) -> Harness:
+        made.append(Harness(**pool_settings))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture
+def h(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness()
 
 
 def _error(reply: tuple) -> errors.Error:
@@ -72,57 +84,51 @@ def test_request_waits_in_the_queue_until_a_backend_opens(h):
     assert backend.state is State.IDLE
 
 
-def test_release_hands_the_backend_to_the_next_waiting_request():
-    h = Harness(max_size=1)
-    try:
-        (backend,) = h.backends(1)
-        first = h.request(1, Op.QUERY, b"SELECT 1")
-        second = h.request(2, Op.QUERY, b"SELECT 2")
-        h.dispatch.acquire(first)
-        h.dispatch.acquire(second)
-        assert list(h.pool.queue) == [second]
-        h.pump(h.answered(1))
-        assert backend.request is second  # straight from the queue, never idle
-        h.pump(h.answered(1, 2))
-        assert h.fake(backend).sql() == [b"SELECT 1", b"SELECT 2"]
-        assert not h.pool.queue
-        assert backend.state is State.IDLE
-        assert h.pool.metrics.served == 2
-    finally:
-        h.close()
+def test_release_hands_the_backend_to_the_next_waiting_request(make_harness):
+    h = make_harness(max_size=1)
+    (backend,) = h.backends(1)
+    first = h.request(1, Op.QUERY, b"SELECT 1")
+    second = h.request(2, Op.QUERY, b"SELECT 2")
+    h.dispatch.acquire(first)
+    h.dispatch.acquire(second)
+    assert list(h.pool.queue) == [second]
+    h.pump(h.answered(1))
+    assert backend.request is second  # straight from the queue, never idle
+    h.pump(h.answered(1, 2))
+    assert h.fake(backend).sql() == [b"SELECT 1", b"SELECT 2"]
+    assert not h.pool.queue
+    assert backend.state is State.IDLE
+    assert h.pool.metrics.served == 2
 
 
-def test_a_transaction_pins_its_backend_until_commit():
-    h = Harness(max_size=1)
-    try:
-        (backend,) = h.backends(1)
-        h.dispatch.acquire(h.request(1, Op.BEGIN, {}))
-        h.pump(h.answered(1))
-        status, pin_id = h.sink.replies[1]
-        assert status == Status.VALUE
-        assert backend.state is State.PINNED
-        assert backend.pin.id == pin_id
-        outsider = h.request(2, Op.QUERY, b"SELECT 1")
-        h.dispatch.acquire(outsider)
-        assert list(h.pool.queue) == [outsider]  # the only backend is pinned
-        h.dispatch.pinned(h.request(3, Op.QUERY, b"UPDATE t SET a = 1", pin=pin_id))
-        assert backend.state is State.BUSY
-        h.pump(h.answered(3))
-        assert backend.state is State.PINNED  # back to its pin, not to the queue
-        assert 2 not in h.sink.replies
-        h.dispatch.pinned(h.request(4, Op.COMMIT, None, pin=pin_id))
-        h.pump(h.answered(4, 2))
-        assert backend.pin is None
-        assert pin_id not in h.dispatch.pins.open
-        assert h.fake(backend).sql() == [
-            b"START TRANSACTION",
-            b"UPDATE t SET a = 1",
-            b"COMMIT",
-            b"SELECT 1",
-        ]
-        assert backend.state is State.IDLE
-    finally:
-        h.close()
+def test_a_transaction_pins_its_backend_until_commit(make_harness):
+    h = make_harness(max_size=1)
+    (backend,) = h.backends(1)
+    h.dispatch.acquire(h.request(1, Op.BEGIN, {}))
+    h.pump(h.answered(1))
+    status, pin_id = h.sink.replies[1]
+    assert status == Status.VALUE
+    assert backend.state is State.PINNED
+    assert backend.pin.id == pin_id
+    outsider = h.request(2, Op.QUERY, b"SELECT 1")
+    h.dispatch.acquire(outsider)
+    assert list(h.pool.queue) == [outsider]  # the only backend is pinned
+    h.dispatch.pinned(h.request(3, Op.QUERY, b"UPDATE t SET a = 1", pin=pin_id))
+    assert backend.state is State.BUSY
+    h.pump(h.answered(3))
+    assert backend.state is State.PINNED  # back to its pin, not to the queue
+    assert 2 not in h.sink.replies
+    h.dispatch.pinned(h.request(4, Op.COMMIT, None, pin=pin_id))
+    h.pump(h.answered(4, 2))
+    assert backend.pin is None
+    assert pin_id not in h.dispatch.pins.open
+    assert h.fake(backend).sql() == [
+        b"START TRANSACTION",
+        b"UPDATE t SET a = 1",
+        b"COMMIT",
+        b"SELECT 1",
+    ]
+    assert backend.state is State.IDLE
 
 
 def test_a_request_for_an_ended_pin_hears_why(h):
@@ -163,48 +169,42 @@ def test_a_backend_lost_mid_statement_answers_the_error_and_is_forgotten(h, sql,
     assert h.pool.metrics.lost == 1
 
 
-def test_a_cancelled_queued_request_is_never_sent():
-    h = Harness(max_size=1)
-    try:
-        (backend,) = h.backends(1)
-        h.fake(backend).hold = True
-        h.dispatch.acquire(h.request(1, Op.QUERY, b"SELECT 1"))
-        h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2"))
-        found = h.dispatch.canceller.cancel_request(
-            b"peer", 2, h.dispatch.backends.values(), h.dispatch.all_pools(), 0.0
-        )
-        assert found
-        assert not h.pool.queue
-        failure = _error(h.sink.replies[2])
-        assert type(failure) is errors.QueryTimeout
-        assert "before it was sent" in failure.msg
-        h.fake(backend).release()
-        h.pump(h.answered(1))
-        assert h.fake(backend).sql() == [b"SELECT 1"]
-    finally:
-        h.close()
+def test_a_cancelled_queued_request_is_never_sent(make_harness):
+    h = make_harness(max_size=1)
+    (backend,) = h.backends(1)
+    h.fake(backend).hold = True
+    h.dispatch.acquire(h.request(1, Op.QUERY, b"SELECT 1"))
+    h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2"))
+    found = h.dispatch.canceller.cancel_request(
+        b"peer", 2, h.dispatch.backends.values(), h.dispatch.all_pools(), 0.0
+    )
+    assert found
+    assert not h.pool.queue
+    failure = _error(h.sink.replies[2])
+    assert type(failure) is errors.QueryTimeout
+    assert "before it was sent" in failure.msg
+    h.fake(backend).release()
+    h.pump(h.answered(1))
+    assert h.fake(backend).sql() == [b"SELECT 1"]
 
 
-def test_the_janitor_expires_queued_requests_unsent():
-    h = Harness(max_size=1, queue_timeout=1.0)
-    try:
-        (backend,) = h.backends(1)
-        h.fake(backend).hold = True
-        h.dispatch.acquire(h.request(1, Op.QUERY, b"SELECT 1", timeout=30))
-        h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2", timeout=0.5))
-        h.dispatch.acquire(h.request(3, Op.QUERY, b"SELECT 3", timeout=30))
-        janitor = _janitor(h)
-        janitor.deadlines(time.monotonic() + 0.7)  # past 2's deadline only
-        assert type(_error(h.sink.replies[2])) is errors.QueryTimeout
-        assert 3 not in h.sink.replies
-        janitor.deadlines(time.monotonic() + 1.5)  # past queue_timeout
-        assert type(_error(h.sink.replies[3])) is errors.PoolTimeout
-        assert not h.pool.queue
-        assert h.pool.metrics.pool_timeouts == 1
-        assert h.pool.metrics.query_timeouts == 1
-        assert 1 not in h.sink.replies  # the running one is not the queue's
-    finally:
-        h.close()
+def test_the_janitor_expires_queued_requests_unsent(make_harness):
+    h = make_harness(max_size=1, queue_timeout=1.0)
+    (backend,) = h.backends(1)
+    h.fake(backend).hold = True
+    h.dispatch.acquire(h.request(1, Op.QUERY, b"SELECT 1", timeout=30))
+    h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2", timeout=0.5))
+    h.dispatch.acquire(h.request(3, Op.QUERY, b"SELECT 3", timeout=30))
+    janitor = _janitor(h)
+    janitor.deadlines(time.monotonic() + 0.7)  # past 2's deadline only
+    assert type(_error(h.sink.replies[2])) is errors.QueryTimeout
+    assert 3 not in h.sink.replies
+    janitor.deadlines(time.monotonic() + 1.5)  # past queue_timeout
+    assert type(_error(h.sink.replies[3])) is errors.PoolTimeout
+    assert not h.pool.queue
+    assert h.pool.metrics.pool_timeouts == 1
+    assert h.pool.metrics.query_timeouts == 1
+    assert 1 not in h.sink.replies  # the running one is not the queue's
 
 
 def test_a_statement_past_its_deadline_is_killed_then_the_backend_reset(h):
@@ -288,47 +288,41 @@ def test_an_executemany_reports_each_statement(h):
     assert len(replies) == 2
 
 
-def test_a_read_is_pipelined_behind_a_fresh_read():
-    h = Harness(max_size=1, pipeline_depth=2)
-    try:
-        (backend,) = h.backends(1)
-        first = h.request(1, Op.QUERY, b"SELECT 1")
-        second = h.request(2, Op.QUERY, b"SELECT 2")
-        h.dispatch.acquire(first)
-        h.dispatch.acquire(second)
-        assert list(backend.piped) == [second]  # on the wire, not in the queue
-        assert not h.pool.queue
-        h.pump(h.answered(1, 2))
-        assert h.sink.replies[1][0] == h.sink.replies[2][0] == Status.PACKETS
-        assert h.fake(backend).sql() == [b"SELECT 1", b"SELECT 2"]
-        assert h.pool.metrics.pipelined == 1
-        assert backend.state is State.IDLE
-        assert not backend.piped
-    finally:
-        h.close()
+def test_a_read_is_pipelined_behind_a_fresh_read(make_harness):
+    h = make_harness(max_size=1, pipeline_depth=2)
+    (backend,) = h.backends(1)
+    first = h.request(1, Op.QUERY, b"SELECT 1")
+    second = h.request(2, Op.QUERY, b"SELECT 2")
+    h.dispatch.acquire(first)
+    h.dispatch.acquire(second)
+    assert list(backend.piped) == [second]  # on the wire, not in the queue
+    assert not h.pool.queue
+    h.pump(h.answered(1, 2))
+    assert h.sink.replies[1][0] == h.sink.replies[2][0] == Status.PACKETS
+    assert h.fake(backend).sql() == [b"SELECT 1", b"SELECT 2"]
+    assert h.pool.metrics.pipelined == 1
+    assert backend.state is State.IDLE
+    assert not backend.piped
 
 
-def test_no_read_is_piped_onto_a_backend_whose_write_failed():
-    h = Harness(max_size=1, pipeline_depth=2)
-    try:
-        (backend,) = h.backends(1)
-        fake = h.fake(backend)
-        fake.hold = True
-        h.dispatch.acquire(h.request(1, Op.QUERY, b"UPDATE t SET a = 1"))
-        h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2"))
-        third = h.request(3, Op.QUERY, b"SELECT 3")
-        h.dispatch.acquire(third)
-        assert len(h.pool.queue) == 2  # nothing pipes behind a write
-        h.pump(lambda: bool(fake.held))
-        fake.release()
-        fake.die()  # the write of SELECT 2 fails
-        h.pump(h.answered(1, 2))
-        assert h.sink.replies[1][0] == Status.PACKETS
-        assert type(_error(h.sink.replies[2])) is errors.OperationalError
-        assert backend.state is State.CLOSED
-        assert list(h.pool.queue) == [third]  # waits for a new connection
-    finally:
-        h.close()
+def test_no_read_is_piped_onto_a_backend_whose_write_failed(make_harness):
+    h = make_harness(max_size=1, pipeline_depth=2)
+    (backend,) = h.backends(1)
+    fake = h.fake(backend)
+    fake.hold = True
+    h.dispatch.acquire(h.request(1, Op.QUERY, b"UPDATE t SET a = 1"))
+    h.dispatch.acquire(h.request(2, Op.QUERY, b"SELECT 2"))
+    third = h.request(3, Op.QUERY, b"SELECT 3")
+    h.dispatch.acquire(third)
+    assert len(h.pool.queue) == 2  # nothing pipes behind a write
+    h.pump(lambda: bool(fake.held))
+    fake.release()
+    fake.die()  # the write of SELECT 2 fails
+    h.pump(h.answered(1, 2))
+    assert h.sink.replies[1][0] == Status.PACKETS
+    assert type(_error(h.sink.replies[2])) is errors.OperationalError
+    assert backend.state is State.CLOSED
+    assert list(h.pool.queue) == [third]  # waits for a new connection
 
 
 def test_a_draining_broker_refuses_new_work(h):
